@@ -1,0 +1,1 @@
+"""The PostgreSQL ticket store: models, sessions and the domain operations on them."""

@@ -1,0 +1,104 @@
+"""Storing engine results idempotently: a re-run batch (at-least-once delivery) adds no rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from db.audit import record_events
+from db.models import Draft, TriageResult, WorkItem
+from ticketfleet.schemas import EngineOutput
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What produced a result. Changing any part makes older results stale."""
+
+    model_id: str
+    model_revision: str
+    prompt_version: str
+
+
+def store_outputs(session: Session, outputs: Sequence[EngineOutput], run: RunIdentity, *, actor: str) -> int:
+    """Insert triage results and drafts for finished items; returns how many results were new."""
+    if not outputs:
+        return 0
+    message_of = dict(
+        session.execute(
+            select(WorkItem.id, WorkItem.message_id).where(WorkItem.id.in_([o.item_id for o in outputs]))
+        ).all()
+    )
+    versions = {
+        "model_id": run.model_id,
+        "model_revision": run.model_revision,
+        "prompt_version": run.prompt_version,
+    }
+    triage_rows: list[dict[str, Any]] = []
+    draft_rows: list[dict[str, Any]] = []
+    for out in outputs:
+        t = out.triage
+        message_id = message_of[out.item_id]
+        triage_rows.append(
+            {
+                "message_id": message_id,
+                "language": t.language.value,
+                "language_confidence": t.language.confidence,
+                "sentiment": t.sentiment.value,
+                "sentiment_confidence": t.sentiment.confidence,
+                "intent": t.intent.value,
+                "intent_confidence": t.intent.confidence,
+                "priority": t.priority.value,
+                "priority_confidence": t.priority.confidence,
+                "latency_ms": out.latency_ms,
+                "truncated": out.truncated,
+                **versions,
+            }
+        )
+        if out.draft:
+            draft_rows.append(
+                {
+                    "message_id": message_id,
+                    "body": out.draft,
+                    "language": out.draft_language or t.language.value,
+                    "output_tokens": out.output_tokens,
+                    **versions,
+                }
+            )
+    inserted = session.execute(
+        insert(TriageResult)
+        .values(triage_rows)
+        .on_conflict_do_nothing(constraint="uq_triage_results_run")
+        .returning(TriageResult.id, TriageResult.message_id)
+    ).all()
+    if draft_rows:
+        session.execute(insert(Draft).values(draft_rows).on_conflict_do_nothing(constraint="uq_drafts_run"))
+    # One audit event per new decision: labels, confidences and versions; never the text.
+    new_messages = {mid for _, mid in inserted}
+    drafted = {d["message_id"] for d in draft_rows}
+    record_events(
+        session,
+        actor=actor,
+        event_type="triage.decided",
+        entity_type="message",
+        entries=[
+            (
+                row["message_id"],
+                {
+                    "fields": {
+                        f: {"value": row[f], "confidence": round(float(row[f"{f}_confidence"]), 4)}
+                        for f in ("language", "sentiment", "intent", "priority")
+                    },
+                    "draft": row["message_id"] in drafted,
+                    **versions,
+                },
+            )
+            for row in triage_rows
+            if row["message_id"] in new_messages
+        ],
+    )
+    return len(inserted)

@@ -1,0 +1,1 @@
+"""ticketfleet: triage support tickets and draft replies on a Celery fleet."""

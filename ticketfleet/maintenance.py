@@ -1,0 +1,80 @@
+"""Recovery and scheduled work: the reaper and the backlog run. Called by beat tasks and the CLI."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+
+from db.audit import record_events
+from db.results import RunIdentity
+from db.session import transaction
+from db.work import reap, requeue_for_backlog, select_backlog
+from ticketfleet.dispatch import lane_depths, send_wakeups
+from ticketfleet.settings import LANES, Settings
+
+log = logging.getLogger(__name__)
+
+# pg_try_advisory_xact_lock key: one reaper at a time across the fleet.
+REAPER_LOCK_KEY = 0x7F1C_0001
+
+
+@dataclass
+class ReapReport:
+    requeued: dict[str, int] = field(default_factory=dict)
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {"requeued": self.requeued, "skipped": self.skipped}
+
+
+def _urls(settings: Settings) -> tuple[str, str]:
+    database_url, redis_url = settings.database_url_value(), settings.redis_url_value()
+    if not database_url or not redis_url:
+        raise RuntimeError("TICKETFLEET_DATABASE_URL and TICKETFLEET_REDIS_URL must be set")
+    return database_url, redis_url
+
+
+def current_run(settings: Settings) -> RunIdentity:
+    """The identity results get when produced now; older ones are stale."""
+    return RunIdentity(settings.model, settings.model_revision, settings.prompt_version)
+
+
+def reap_and_resend(settings: Settings) -> ReapReport:
+    database_url, redis_url = _urls(settings)
+    idle = [lane for lane, depth in lane_depths(redis_url, LANES).items() if depth == 0]
+    with transaction(database_url) as session:
+        if not session.execute(select(func.pg_try_advisory_xact_lock(REAPER_LOCK_KEY))).scalar_one():
+            return ReapReport(skipped=True)
+        by_lane = reap(session, stuck_after_seconds=settings.stuck_after_seconds, idle_lanes=idle)
+        record_events(
+            session,
+            actor="reaper",
+            event_type="item.requeued",
+            entity_type="work_item",
+            entries=[(i, {"lane": lane}) for lane, ids in by_lane.items() for i in ids],
+        )
+    report = ReapReport()
+    for lane, ids in by_lane.items():
+        report.requeued[lane] = send_wakeups(database_url, lane, ids, batch_size=settings.batch_size)
+    if report.requeued:
+        log.warning("reaper re-queued %s", report.requeued)
+    return report
+
+
+def enqueue_backlog(settings: Settings, *, stale: bool, lane: str = "backlog") -> int:
+    """Queue every unprocessed customer message (and, with ``stale``, those processed by an older
+    model or prompt version) on ``lane``. Returns the number of items queued."""
+    database_url, _ = _urls(settings)
+    run = current_run(settings)
+    with transaction(database_url) as session:
+        message_ids = select_backlog(
+            session,
+            model_id=run.model_id,
+            model_revision=run.model_revision,
+            prompt_version=run.prompt_version,
+            stale=stale,
+        )
+        item_ids = requeue_for_backlog(session, message_ids, lane)
+    return send_wakeups(database_url, lane, item_ids, batch_size=settings.batch_size)

@@ -1,0 +1,86 @@
+"""Runtime settings, read from the environment (prefix ``TICKETFLEET_``) and an optional ``.env`` file.
+
+Every knob the fleet has lives here so that a worker on a GPU host, the CLI on a laptop and the tests
+all agree on one definition. Secrets (URLs carry passwords) are ``SecretStr`` so they never end up in
+logs or reprs by accident.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+LANES = ("chat", "tickets", "backlog")
+Lane = Literal["chat", "tickets", "backlog"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TICKETFLEET_", env_file=".env", extra="ignore")
+
+    # --- services -------------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql+psycopg://user:pass@host/db. Unset: an embedded PostgreSQL is started.",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis://host:6379/0 or redis+socket:///path.sock. Unset: an embedded Redis is started.",
+    )
+    data_dir: Path = Field(
+        default=Path(".ticketfleet"),
+        description="Where embedded PostgreSQL/Redis keep their files (only used when URLs are unset).",
+    )
+
+    # --- model ----------------------------------------------------------------------------------
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="Hugging Face model id, a local directory, or a .gguf file.",
+    )
+    model_revision: str = "main"
+    engine_factory: str = Field(
+        default="ticketfleet.engine:TransformersEngine.from_settings",
+        description="module:callable(settings) -> Engine. The seam for alternative engines.",
+    )
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    max_new_tokens: int = Field(default=160, ge=1, le=2048)
+    max_input_tokens: int = Field(default=1024, ge=64, description="Thread tokens kept per prompt.")
+    prompt_version: str = "v1"
+
+    # --- batching -------------------------------------------------------------------------------
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    batch_max_tokens: int = Field(default=8192, ge=64, description="Token budget of one batch.")
+    max_wait_ms: int = Field(default=50, ge=0, le=60_000, description="How long a batch may wait to fill.")
+
+    # --- reliability ----------------------------------------------------------------------------
+    max_attempts: int = Field(default=5, ge=1)
+    retry_backoff_s: float = Field(default=5.0, ge=0)
+    lease_seconds: int = Field(default=600, ge=1, description="A claimed batch older than this is reaped.")
+    stuck_after_seconds: int = Field(
+        default=120, ge=1, description="Pending/queued items older than this are re-sent by the reaper."
+    )
+    reaper_interval_seconds: float = Field(default=30.0, gt=0)
+    nightly_backlog_cron: str = Field(default="0 2 * * *", description="minute hour dom month dow")
+
+    # --- import ---------------------------------------------------------------------------------
+    max_body_chars: int = Field(default=20_000, ge=1, description="Longer message bodies are rejected.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def database_url_value(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
+
+    def redis_url_value(self) -> str | None:
+        return self.redis_url.get_secret_value() if self.redis_url else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
