@@ -105,7 +105,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     cache = Path(os.environ.get("TICKETFLEET_TEST_CACHE", REPO_ROOT / ".ticketfleet" / "test-cache"))
     cache.mkdir(parents=True, exist_ok=True)
-    return build_tiny_qwen(cache)
+    # Untied output layer: greedy drafts are (random but) non-empty, so the fleet stores drafts.
+    return build_tiny_qwen(cache, tied=False)
 
 
 @pytest.fixture(scope="session")

@@ -48,13 +48,13 @@ def test_each_kind_of_bad_line_is_reported_and_good_lines_survive() -> None:
 
 def test_csv_rows_with_one_id_form_a_thread() -> None:
     data = (
-        "external_id,role,text,channel,locale\n"
-        "T-1,customer,My order is late,ticket,en-GB\n"
-        "T-2,customer,Hallo,chat,de-DE\n"
-        "T-1,agent,Sorry! Checking.,ticket,en-GB\n"
-        "T-1,customer,Any news?,ticket,en-GB\n"
-        "T-3,customer,,ticket,en-GB\n"
-    ).encode()
+        b"external_id,role,text,channel,locale\n"
+        b"T-1,customer,My order is late,ticket,en-GB\n"
+        b"T-2,customer,Hallo,chat,de-DE\n"
+        b"T-1,agent,Sorry! Checking.,ticket,en-GB\n"
+        b"T-1,customer,Any news?,ticket,en-GB\n"
+        b"T-3,customer,,ticket,en-GB\n"
+    )
     parsed = list(parse_csv(data, max_body_chars=1000))
     tickets = {p.ticket.external_id: p.ticket for p in parsed if p.ticket}
     assert [m.role for m in tickets["T-1"].messages] == ["customer", "agent", "customer"]
@@ -87,7 +87,9 @@ def test_reimport_of_the_sample_adds_nothing(clean_db: str, settings: Settings) 
     assert before[0] == first.lines_ok
 
 
-def test_follow_up_message_is_appended_to_the_thread(clean_db: str, settings: Settings, tmp_path: Path) -> None:
+def test_follow_up_message_is_appended_to_the_thread(
+    clean_db: str, settings: Settings, tmp_path: Path
+) -> None:
     path = tmp_path / "t.jsonl"
     thread = [{"role": "customer", "text": "My invoice is wrong", "external_id": "m1"}]
     path.write_bytes(_jsonl({"external_id": "T-9", "messages": thread}))
@@ -105,6 +107,7 @@ def test_live_lane_routes_by_channel_and_queues_after_commit(
     clean_db: str, settings: Settings, flushed_redis: str, tmp_path: Path
 ) -> None:
     from ticketfleet.dispatch import lane_depths
+    from ticketfleet.services import redis_client
     from workers.app import app, configure
 
     configure(app, settings, flushed_redis)
@@ -125,7 +128,9 @@ def test_live_lane_routes_by_channel_and_queues_after_commit(
     report = import_file(path, settings=settings, database_url=clean_db, source="s", lane="live")
     assert report.queued == 3
     with transaction(clean_db) as s:
-        rows = s.execute(select(WorkItem.lane, WorkItem.state, WorkItem.want_draft).order_by(WorkItem.id)).all()
+        rows = s.execute(
+            select(WorkItem.lane, WorkItem.state, WorkItem.want_draft).order_by(WorkItem.id)
+        ).all()
     assert [(lane, state) for lane, state, _ in rows] == [
         ("chat", ItemState.queued),
         ("tickets", ItemState.queued),
@@ -133,10 +138,16 @@ def test_live_lane_routes_by_channel_and_queues_after_commit(
     ]
     # The agent answered last in t2: triage it, but no reply is due.
     assert [want for _, _, want in rows] == [True, True, False]
-    assert lane_depths(flushed_redis, ("chat", "tickets", "backlog")) == {"chat": 1, "tickets": 1, "backlog": 0}
+    assert lane_depths(redis_client(flushed_redis), ("chat", "tickets", "backlog")) == {
+        "chat": 1,
+        "tickets": 1,
+        "backlog": 0,
+    }
 
 
-def test_queue_messages_carry_ids_only(clean_db: str, settings: Settings, flushed_redis: str, tmp_path: Path) -> None:
+def test_queue_messages_carry_ids_only(
+    clean_db: str, settings: Settings, flushed_redis: str, tmp_path: Path
+) -> None:
     import base64
 
     from ticketfleet.services import redis_client

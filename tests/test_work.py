@@ -120,7 +120,9 @@ def test_reaper_recovers_expired_leases_and_lost_messages(db_session: Session) -
     ids = _items(db_session, 4)
     expired = _claim(db_session, limit=1, lease=60)
     db_session.execute(
-        update(WorkItem).where(WorkItem.id.in_(expired)).values(lease_expires_at=WorkItem.claimed_at - _hour())
+        update(WorkItem)
+        .where(WorkItem.id.in_(expired))
+        .values(lease_expires_at=WorkItem.claimed_at - _hour())
     )
     # Queued items go stale only if their lane's broker queue is empty.
     db_session.execute(update(WorkItem).values(updated_at=WorkItem.updated_at - _hour()))
@@ -163,5 +165,7 @@ def test_backlog_selects_unprocessed_and_stale(db_session: Session) -> None:
     stale = select_backlog(db_session, stale=True, **current)
     assert sorted(stale) == sorted([message_of[pending], message_of[done[1]]])
     requeued = requeue_for_backlog(db_session, stale, "backlog")
-    lanes = dict(db_session.execute(select(WorkItem.id, WorkItem.lane).where(WorkItem.id.in_(requeued))).all())
+    lanes = dict(
+        db_session.execute(select(WorkItem.id, WorkItem.lane).where(WorkItem.id.in_(requeued))).all()
+    )
     assert set(lanes.values()) == {"backlog"} and len(lanes) == 2

@@ -325,6 +325,7 @@ def status() -> None:
     from db import stats
     from db.session import transaction
     from ticketfleet.dispatch import lane_depths
+    from ticketfleet.services import redis_client
 
     settings = get_settings()
     database_url = _database_url(settings)
@@ -333,7 +334,7 @@ def status() -> None:
         throughput = stats.recent_throughput(session)
         dead = stats.dead_items(session)
     try:
-        depths: dict[str, int | str] = dict(lane_depths(_redis_url(settings), LANES))
+        depths: dict[str, int | str] = dict(lane_depths(redis_client(_redis_url(settings)), LANES))
     except Exception as exc:  # status must still show the database side
         depths = dict.fromkeys(LANES, f"unreachable ({type(exc).__name__})")
     states = ["pending", "queued", "processing", "done", "failed", "dead"]

@@ -47,7 +47,7 @@ def choose_model(settings: Settings, console: Console) -> str:
         resolve_model(settings)
         return settings.model
     except ModelLoadError as exc:
-        reason = str(exc).splitlines()[0]
+        reason = str(exc).split(". ")[0]
     fallback = smollm2_gguf_path()
     if fallback is None:
         raise DemoError(
@@ -179,9 +179,13 @@ def _run(
     sample = SAMPLE
     if limit is not None:
         sample = settings.data_dir / "demo-sample.jsonl"
-        sample.write_text("".join(SAMPLE.read_text(encoding="utf-8").splitlines(True)[:limit]), encoding="utf-8")
+        sample.write_text(
+            "".join(SAMPLE.read_text(encoding="utf-8").splitlines(True)[:limit]), encoding="utf-8"
+        )
     started = time.perf_counter()
-    report = import_file(sample, settings=settings, database_url=urls.database_url, source=DEMO_SOURCE, lane="live")
+    report = import_file(
+        sample, settings=settings, database_url=urls.database_url, source=DEMO_SOURCE, lane="live"
+    )
     console.print(
         f"imported {report.tickets} tickets/chats ({report.new_messages} messages), "
         f"queued {report.queued} customer messages on the chat and tickets lanes"
@@ -200,13 +204,12 @@ def _run(
 def _follow_while_alive(
     database_url: str, item_ids: list[int], fleet: list[WorkerProcess], console: Console
 ) -> dict[str, int]:
-    while True:
-        counts = follow_items(database_url, item_ids=item_ids, timeout_s=15, console=console)
-        if counts.get("done", 0) + counts.get("dead", 0) >= len(item_ids):
-            return counts
+    def workers_alive() -> None:
         for w in fleet:
             if w.process.poll() is not None:
                 raise DemoError(f"worker for {w.lanes} exited with code {w.process.returncode}:\n{w.tail()}")
+
+    return follow_items(database_url, item_ids=item_ids, console=console, check=workers_alive)
 
 
 def _summary(database_url: str, item_ids: list[int], elapsed: float, console: Console) -> None:
@@ -215,9 +218,14 @@ def _summary(database_url: str, item_ids: list[int], elapsed: float, console: Co
         message_ids = list(
             session.execute(select(WorkItem.message_id).where(WorkItem.id.in_(item_ids))).scalars()
         )
-        tables = {f: stats.label_counts(session, f, message_ids) for f in ("language", "sentiment", "intent", "priority")}
+        tables = {
+            f: stats.label_counts(session, f, message_ids)
+            for f in ("language", "sentiment", "intent", "priority")
+        }
         first, last = session.execute(
-            select(func.min(WorkItem.claimed_at), func.max(WorkItem.finished_at)).where(WorkItem.id.in_(item_ids))
+            select(func.min(WorkItem.claimed_at), func.max(WorkItem.finished_at)).where(
+                WorkItem.id.in_(item_ids)
+            )
         ).one()
         drafts = session.execute(
             select(Message.body, Draft.body, Draft.language)
@@ -236,7 +244,9 @@ def _summary(database_url: str, item_ids: list[int], elapsed: float, console: Co
         f"({len(item_ids) / max(processing_s, 1e-9):.2f} items/s while processing), {len(drafts)} drafts"
     )
     shown: set[str | None] = set()
-    table = Table("customer wrote", "draft (proposed, never sent automatically)", title="a few drafts", show_lines=True)
+    table = Table(
+        "customer wrote", "draft (proposed, never sent automatically)", title="a few drafts", show_lines=True
+    )
     for customer, draft, language in drafts:
         if language in shown or len(shown) >= 4:
             continue

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import redis
+
 from db.session import transaction
 from db.work import mark_queued
-from ticketfleet.services import redis_client
 
 
 class EnqueueError(RuntimeError):
@@ -46,9 +47,8 @@ def send_wakeups(database_url: str, lane: str, item_ids: Sequence[int], *, batch
     return len(sent)
 
 
-def lane_depths(redis_url: str, lanes: Sequence[str]) -> dict[str, int]:
+def lane_depths(client: redis.Redis, lanes: Sequence[str]) -> dict[str, int]:
     """Messages waiting per lane (kombu keeps one Redis list per queue, plus one per priority step)."""
-    client = redis_client(redis_url)
     pipe = client.pipeline()
     keys = {lane: [lane, *(f"{lane}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9))] for lane in lanes}
     for lane in lanes:

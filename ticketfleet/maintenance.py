@@ -12,6 +12,7 @@ from db.results import RunIdentity
 from db.session import transaction
 from db.work import reap, requeue_for_backlog, select_backlog
 from ticketfleet.dispatch import lane_depths, send_wakeups
+from ticketfleet.services import redis_client
 from ticketfleet.settings import LANES, Settings
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,20 @@ def _urls(settings: Settings) -> tuple[str, str]:
 
 
 def current_run(settings: Settings) -> RunIdentity:
-    """The identity results get when produced now; older ones are stale."""
-    return RunIdentity(settings.model, settings.model_revision, settings.prompt_version)
+    """The identity results get when produced now (what the engine will record); others are stale.
+
+    Resolving reads no weights, only where the model lives: a .gguf file is identified by its file
+    name, a local directory by its path, a hub id by id and revision.
+    """
+    from ticketfleet.engine import resolve_model
+
+    resolved = resolve_model(settings)
+    return RunIdentity(resolved.model_id, resolved.model_revision, settings.prompt_version)
 
 
 def reap_and_resend(settings: Settings) -> ReapReport:
     database_url, redis_url = _urls(settings)
-    idle = [lane for lane, depth in lane_depths(redis_url, LANES).items() if depth == 0]
+    idle = [lane for lane, depth in lane_depths(redis_client(redis_url), LANES).items() if depth == 0]
     with transaction(database_url) as session:
         if not session.execute(select(func.pg_try_advisory_xact_lock(REAPER_LOCK_KEY))).scalar_one():
             return ReapReport(skipped=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,8 +34,12 @@ def follow_items(
     timeout_s: float | None = None,
     console: Console,
     poll_s: float = 0.5,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, int]:
-    """Poll until every item is done or dead (or the timeout); returns the final counts by state."""
+    """Poll until every item is done or dead (or the timeout); returns the final counts by state.
+
+    ``check`` runs on every poll and may raise to abort (the demo uses it to notice a dead worker).
+    """
     started = time.monotonic()
     last_change = started
     last_finished = -1
@@ -66,4 +70,6 @@ def follow_items(
             if timeout_s is not None and now - started > timeout_s:
                 console.print(f"[yellow]stopped waiting after {timeout_s:.0f} s[/]")
                 return counts
+            if check is not None:
+                check()
             time.sleep(poll_s)

