@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, aliased
 
 from db.models import ItemState, Message, TriageResult, WorkItem
+from db.results import RunIdentity
 
 # Rough tokens-per-character for budgeting before tokenisation; generous on purpose so a batch
 # rarely exceeds its real token budget.
@@ -228,23 +229,23 @@ def reap(
     return by_lane
 
 
-def select_backlog(
-    session: Session, *, model_id: str, model_revision: str, prompt_version: str, stale: bool
-) -> list[int]:
-    """Customer messages that still need processing: no done work item, or (``stale``) done by an
-    older model or prompt version. Returns message ids."""
-    current = exists().where(
-        TriageResult.message_id == Message.id,
-        TriageResult.model_id == model_id,
-        TriageResult.model_revision == model_revision,
-        TriageResult.prompt_version == prompt_version,
-    )
+def select_backlog(session: Session, *, stale_against: RunIdentity | None = None) -> list[int]:
+    """Customer messages that still need processing: no done/dead/in-flight work item, and, with
+    ``stale_against``, done ones with no result from that model and prompt version. Message ids."""
     not_done = ~exists().where(
         WorkItem.message_id == Message.id,
         WorkItem.state.in_([ItemState.done, ItemState.dead, ItemState.processing]),
     )
-    done = exists().where(WorkItem.message_id == Message.id, WorkItem.state == ItemState.done)
-    condition = or_(not_done, and_(~current, done)) if stale else not_done
+    condition = not_done
+    if stale_against is not None:
+        current = exists().where(
+            TriageResult.message_id == Message.id,
+            TriageResult.model_id == stale_against.model_id,
+            TriageResult.model_revision == stale_against.model_revision,
+            TriageResult.prompt_version == stale_against.prompt_version,
+        )
+        done = exists().where(WorkItem.message_id == Message.id, WorkItem.state == ItemState.done)
+        condition = or_(not_done, and_(~current, done))
     return [
         int(i)
         for i in session.execute(

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from db.ingest import ingest_tickets
 from db.models import ItemState, TriageResult, WorkItem
+from db.results import RunIdentity
 from db.session import transaction
 from db.work import (
     claim,
@@ -160,9 +161,9 @@ def test_backlog_selects_unprocessed_and_stale(db_session: Session) -> None:
         )
     db_session.flush()
     [pending] = set(ids) - set(done)
-    current = {"model_id": "m", "model_revision": "r", "prompt_version": "v1"}
-    assert select_backlog(db_session, stale=False, **current) == [message_of[pending]]
-    stale = select_backlog(db_session, stale=True, **current)
+    current = RunIdentity(model_id="m", model_revision="r", prompt_version="v1")
+    assert select_backlog(db_session) == [message_of[pending]]
+    stale = select_backlog(db_session, stale_against=current)
     assert sorted(stale) == sorted([message_of[pending], message_of[done[1]]])
     requeued = requeue_for_backlog(db_session, stale, "backlog")
     lanes = dict(

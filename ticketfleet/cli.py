@@ -97,8 +97,10 @@ def services(
     for key, value in urls.as_env().items():
         print(f"export {key}='{value}'")
     console.print("embedded services up and migrated; Ctrl-C stops them")
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigwait only sees blocked signals
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         embedded.stop()
 
@@ -312,7 +314,12 @@ def backlog(
     settings = get_settings()
     database_url = _database_url(settings)
     _configure_broker(settings)
-    count = enqueue_backlog(settings, stale=stale)
+    from ticketfleet.engine import ModelLoadError
+
+    try:
+        count = enqueue_backlog(settings, stale=stale)
+    except ModelLoadError as exc:
+        raise _fail(f"--stale needs the configured model's identity: {exc}") from exc
     console.print(f"{count} item(s) queued on the backlog lane")
     if wait and count:
         summary = follow_items(database_url, lane="backlog", timeout_s=timeout or None, console=console)

@@ -80,22 +80,20 @@ def lane_plan(workers: int) -> list[str]:
     return ["chat", *(["tickets,backlog"] * (workers - 1))]
 
 
+def worker_command(lanes: str, name: str, *, beat: bool = False) -> list[str]:
+    """The `ticketfleet worker` command line, run with this interpreter (the demo's and tests' fleets)."""
+    cmd = [sys.executable, "-m", "ticketfleet.cli", "worker", f"--lanes={lanes}", f"--name={name}"]
+    return [*cmd, "--beat"] if beat else cmd
+
+
 def start_workers(env: dict[str, str], workers: int, log_dir: Path) -> list[WorkerProcess]:
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     started = []
     for index, lanes in enumerate(lane_plan(workers)):
         log_path = log_dir / f"worker-{index}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "ticketfleet.cli",
-            "worker",
-            f"--lanes={lanes}",
-            f"--name=demo{index}-{lanes.replace(',', '-')}@%h",
-        ]
-        if index == 0:
-            cmd.append("--beat")  # one scheduler for the fleet: the reaper runs during the demo
+        # One scheduler for the fleet: the first worker runs beat, so the reaper runs during the demo.
+        cmd = worker_command(lanes, f"demo{index}-{lanes.replace(',', '-')}@%h", beat=index == 0)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 cmd,
@@ -198,7 +196,22 @@ def _run(
     if done != len(item_ids):
         console.print(f"[bold red]{len(item_ids) - done} item(s) did not finish: {counts}[/]")
         return False
+    undrafted = _missing_drafts(urls.database_url, item_ids)
+    if undrafted:
+        console.print(f"[bold red]{undrafted} item(s) due a reply have no draft[/]")
+        return False
+    console.print(f"[green]all {done} items done; every item due a reply has a proposed draft[/]")
     return True
+
+
+def _missing_drafts(database_url: str, item_ids: list[int]) -> int:
+    has_draft = select(Draft.id).where(Draft.message_id == WorkItem.message_id).exists()
+    with transaction(database_url) as session:
+        return int(
+            session.execute(
+                select(func.count()).where(WorkItem.id.in_(item_ids), WorkItem.want_draft, ~has_draft)
+            ).scalar_one()
+        )
 
 
 def _follow_while_alive(

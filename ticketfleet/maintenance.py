@@ -75,14 +75,8 @@ def enqueue_backlog(settings: Settings, *, stale: bool, lane: str = "backlog") -
     """Queue every unprocessed customer message (and, with ``stale``, those processed by an older
     model or prompt version) on ``lane``. Returns the number of items queued."""
     database_url, _ = _urls(settings)
-    run = current_run(settings)
+    stale_against = current_run(settings) if stale else None
     with transaction(database_url) as session:
-        message_ids = select_backlog(
-            session,
-            model_id=run.model_id,
-            model_revision=run.model_revision,
-            prompt_version=run.prompt_version,
-            stale=stale,
-        )
+        message_ids = select_backlog(session, stale_against=stale_against)
         item_ids = requeue_for_backlog(session, message_ids, lane)
     return send_wakeups(database_url, lane, item_ids, batch_size=settings.batch_size)

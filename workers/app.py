@@ -100,11 +100,21 @@ class LaneTask(Task):
         return report.as_dict()
 
 
+def _load_engine_or_exit() -> None:
+    # Celery logs and swallows exceptions raised by signal receivers; SystemExit is not swallowed, so
+    # a model that cannot be loaded stops the worker at start-up instead of failing every task.
+    try:
+        runtime.get_engine()
+    except Exception as exc:
+        log.critical("cannot load the model engine: %s", exc)
+        raise SystemExit(f"ticketfleet worker: cannot load the model engine: {exc}") from exc
+
+
 @worker_init.connect
 def _load_engine_in_solo_worker(sender: Any = None, **_: Any) -> None:
     # Solo pool (one process per GPU): load here so a bad model stops the worker at start-up.
     if "solo" in str(getattr(sender, "pool_cls", "")).lower():
-        runtime.get_engine()
+        _load_engine_or_exit()
 
 
 @worker_process_init.connect
@@ -112,7 +122,7 @@ def _load_engine_in_child(**_: Any) -> None:
     # Prefork child: never reuse the parent's database sockets; load the model in the child so no
     # CUDA state is created before fork.
     dispose_engines()
-    runtime.get_engine()
+    _load_engine_or_exit()
 
 
 def register_lane(lane: str) -> Task:

@@ -30,6 +30,17 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_events'))
     )
     op.create_index(op.f('ix_audit_events_event_type'), 'audit_events', ['event_type'], unique=False)
+    # Append-only: the database itself refuses to rewrite history (the audit issue adds the hash chain).
+    op.execute(
+        """
+        CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'audit_events is append-only: % is not allowed', TG_OP;
+        END $$;
+        CREATE TRIGGER audit_events_no_update_delete BEFORE UPDATE OR DELETE ON audit_events
+            FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+        """
+    )
     op.create_table('sources',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=100), nullable=False),
@@ -161,6 +172,7 @@ def downgrade() -> None:
     op.drop_index(op.f('ix_audit_events_event_type'), table_name='audit_events')
     op.drop_table('audit_events')
     # ### end Alembic commands ###
+    op.execute("DROP FUNCTION IF EXISTS audit_events_append_only()")
     # Autogenerate does not drop PostgreSQL enum types; without this a downgrade → upgrade round trip
     # fails with "type already exists".
     for enum_type in ("item_state", "draft_status", "author_role", "channel"):

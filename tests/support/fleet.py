@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from sqlalchemy import func, select
 
 from db.models import ItemState, WorkItem
 from db.session import transaction
+from ticketfleet.demo import worker_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,16 +51,7 @@ class Fleet:
     ) -> WorkerHandle:
         index = len(self.workers)
         log_path = self.log_dir / f"worker-{index}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "ticketfleet.cli",
-            "worker",
-            f"--lanes={lanes}",
-            f"--name=test{index}@%h",
-        ]
-        if beat:
-            cmd.append("--beat")
+        cmd = worker_command(lanes, f"test{index}@%h", beat=beat)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 cmd,
