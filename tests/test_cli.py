@@ -88,3 +88,22 @@ def test_worker_with_a_missing_model_is_a_clear_startup_error(
     result = runner.invoke(app, ["worker", "--lanes", "chat"])
     assert result.exit_code == 2
     assert "/nonexistent/model-dir" in result.output
+
+
+def test_gpu_option_parsing() -> None:
+    import typer
+
+    from ticketfleet.cli import _gpu_ids
+
+    assert _gpu_ids("none") == []
+    assert _gpu_ids("0, 1,3") == ["0", "1", "3"]
+    with pytest.raises(typer.BadParameter):
+        _gpu_ids("first")
+
+
+def test_each_gpu_child_pins_its_own_device() -> None:
+    from ticketfleet.cli import gpu_child_command
+
+    cmd = gpu_child_command("3", "tickets,backlog", "INFO", beat=False)
+    assert "--gpus=3" in cmd and "--name=tickets-backlog-gpu3@%h" in cmd and "--beat" not in cmd
+    assert "--beat" in gpu_child_command("0", "chat", "INFO", beat=True)

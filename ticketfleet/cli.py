@@ -252,16 +252,20 @@ def _preflight_model(settings: Settings) -> None:
         raise _fail(str(exc)) from exc
 
 
+def gpu_child_command(gpu: str, lanes: str, loglevel: str, *, beat: bool) -> list[str]:
+    """The worker for one GPU: it sets CUDA_VISIBLE_DEVICES to its own id before loading the model."""
+    cmd = [sys.executable, "-m", "ticketfleet.cli", "worker", f"--lanes={lanes}", f"--gpus={gpu}"]
+    cmd += [f"--loglevel={loglevel}", f"--name={lanes.replace(',', '-')}-gpu{gpu}@%h"]
+    return [*cmd, "--beat"] if beat else cmd
+
+
 def _run_gpu_children(gpu_ids: list[str], lanes: str, beat: bool, loglevel: str) -> int:
-    """One solo-pool worker process per GPU, each seeing only its own device."""
-    children = []
-    for index, gpu in enumerate(gpu_ids):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "TICKETFLEET_DEVICE": "cuda"}
-        cmd = [sys.argv[0], "worker", f"--lanes={lanes}", "--gpus=0", f"--loglevel={loglevel}"]
-        cmd += [f"--name={lanes.replace(',', '-')}-gpu{gpu}@%h"]
-        if beat and index == 0:
-            cmd.append("--beat")
-        children.append(subprocess.Popen(cmd, env=env))
+    """One solo-pool worker process per GPU, each seeing only its own device. The parent never
+    touches CUDA, so nothing is initialised before the children start."""
+    children = [
+        subprocess.Popen(gpu_child_command(gpu, lanes, loglevel, beat=beat and index == 0))
+        for index, gpu in enumerate(gpu_ids)
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

@@ -13,7 +13,7 @@ from db.models import ItemState, WorkItem
 from db.session import transaction
 
 FINAL = (ItemState.done, ItemState.dead)
-STALL_HINT_S = 60.0
+STALL_HINT_S = 180.0
 
 
 def _counts(database_url: str, *, lane: str | None, item_ids: Sequence[int] | None) -> dict[str, int]:
@@ -63,7 +63,7 @@ def follow_items(
             if finished != last_finished:
                 last_finished, last_change = finished, now
             elif now - last_change > STALL_HINT_S:
-                console.print("[yellow]no progress for a minute: is a worker consuming this lane?[/]")
+                console.print("[yellow]no progress for 3 minutes: is a worker consuming this lane?[/]")
                 last_change = now
             if total and finished >= total:
                 return counts
