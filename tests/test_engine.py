@@ -15,12 +15,14 @@ import pytest
 import torch
 
 from ticketfleet.engine import (
+    CALIBRATED_FIELDS,
     ModelLoadError,
     TransformersEngine,
     model_available_locally,
     resolve_model,
     smollm2_gguf_path,
 )
+from ticketfleet.engine import engine as engine_module
 from ticketfleet.engine.drafting import (
     MESSAGE_OVERHEAD_TOKENS,
     generate_drafts,
@@ -37,6 +39,7 @@ from ticketfleet.engine.prompts import (
     draft_system_prompt,
     language_name,
     render_label,
+    triage_messages,
 )
 from ticketfleet.engine.scoring import ScoreRequest, score_fields, score_options
 from ticketfleet.schemas import INTENTS, PRIORITIES, SENTIMENTS, Engine, EngineInput, ThreadMessage
@@ -47,6 +50,7 @@ pytest_plugins = ["tests.engine_fixtures"]
 
 MakeSettings = Callable[..., Settings]
 ALLOWED = {"sentiment": SENTIMENTS, "intent": INTENTS, "priority": PRIORITIES}
+ALL_FIELDS = tuple(ALLOWED)
 TEXTS = [
     "My package never arrived and I want my money back. This is the third time!",
     "Ich kann mich seit gestern nicht mehr in mein Konto einloggen.",
@@ -71,15 +75,21 @@ def make_items(texts: list[str] = TEXTS, **kwargs: Any) -> list[EngineInput]:
     ]
 
 
-def variant(engine: TransformersEngine, **overrides: Any) -> TransformersEngine:
-    """Another engine on the same loaded weights, with different settings."""
+def variant(
+    engine: TransformersEngine, *, calibrated_fields: tuple[str, ...] | None = None, **overrides: Any
+) -> TransformersEngine:
+    """Another engine on the same loaded weights, with different settings (and its own label priors)."""
     loaded = LoadedModel(
         resolved=resolve_model(engine.settings),
         model=engine.model,
         tokenizer=engine.tokenizer,
         device=engine.device,
     )
-    return TransformersEngine(loaded, engine.settings.model_copy(update=overrides))
+    return TransformersEngine(
+        loaded,
+        engine.settings.model_copy(update=overrides),
+        calibrated_fields=engine.calibrated_fields if calibrated_fields is None else calibrated_fields,
+    )
 
 
 # --- triage --------------------------------------------------------------------------------------
@@ -188,7 +198,12 @@ def test_eager_attention_takes_the_same_shared_prompt_path(
 def test_batch_equals_one_by_one(tiny_engine: TransformersEngine) -> None:
     items = make_items()
     # A small token budget also forces several forward passes inside one call.
-    for engine in (tiny_engine, variant(tiny_engine, batch_max_tokens=600)):
+    for engine in (
+        tiny_engine,
+        variant(tiny_engine, batch_max_tokens=600),
+        variant(tiny_engine, calibrated_fields=ALL_FIELDS),
+        variant(tiny_engine, calibrated_fields=()),
+    ):
         together = engine.score_fields(items)
         alone = [engine.score_fields([item])[0] for item in items]
         for a, b in zip(together, alone, strict=True):
@@ -204,6 +219,94 @@ def test_batch_equals_one_by_one(tiny_engine: TransformersEngine) -> None:
                 getattr(single.triage, name).confidence, abs=1e-4
             )
         assert batched.draft == single.draft
+
+
+# --- contextual calibration -----------------------------------------------------------------------
+
+
+def test_label_prior_is_computed_once_per_engine_and_reused(
+    tiny_engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, tuple[str, ...]]] = []
+    real_score_fields = engine_module.score_fields
+
+    def counting(model: Any, tokenizer: Any, prompts: Any, fields: Any, **kwargs: Any) -> Any:
+        calls.append((len(prompts), tuple(field.name for field in fields)))
+        return real_score_fields(model, tokenizer, prompts, fields, **kwargs)
+
+    monkeypatch.setattr(engine_module, "score_fields", counting)
+    items = make_items()
+    engine = variant(tiny_engine, calibrated_fields=ALL_FIELDS)
+    assert calls == []  # lazy: nothing is scored before the first use
+    engine.classify(items[:2])
+    engine.classify(items[2:])
+    engine.score_fields(items[:1])
+    engine.process(items[:1])
+    priors = engine.label_priors()
+    assert engine.label_priors() is priors and set(priors) == set(ALL_FIELDS)
+    # One content-free pass (both channels x every stand-in text), then only the items themselves.
+    content_free = 2 * len(engine_module.CONTENT_FREE_TEXTS)
+    assert calls == [(n, ALL_FIELDS) for n in (content_free, 2, 4, 1, 1)]
+
+    calls.clear()
+    uncalibrated = variant(tiny_engine, calibrated_fields=())
+    scores = uncalibrated.score_fields(items[:2])
+    assert calls == [(2, ALL_FIELDS)] and uncalibrated.label_priors() == {}
+    for by_field in scores:
+        for field_scores in by_field.values():
+            assert field_scores.prior is None
+            expected = torch.tensor(field_scores.logprobs, dtype=torch.float64).softmax(-1)
+            assert field_scores.probs == pytest.approx(expected.tolist(), abs=1e-12)
+
+
+def test_calibrated_scores_are_raw_scores_minus_the_prior(tiny_engine: TransformersEngine) -> None:
+    """Check the calibrated engine against the prior and the softmax computed by hand."""
+    items = make_items()[:3]
+    raw = variant(tiny_engine, calibrated_fields=()).score_fields(items)
+    calibrated = variant(tiny_engine, calibrated_fields=ALL_FIELDS).score_fields(items)
+
+    tokenizer = tiny_engine.tokenizer
+    templated = [
+        tokenizer.apply_chat_template(
+            triage_messages(text, subject=None, channel=channel), tokenize=False, add_generation_prompt=True
+        )
+        for channel in ("chat", "ticket")
+        for text in ("N/A", "", "[MASK]")
+    ]
+    content_free = [tokenizer.encode(text, add_special_tokens=False) for text in templated]
+    reference = score_fields(tiny_engine.model, tokenizer, content_free, TRIAGE_FIELDS, max_batch_tokens=8192)
+    for name in ALL_FIELDS:
+        # Mean of the content-free label distributions, as a log prior.
+        per_prompt = torch.tensor([scores[name].logprobs for scores in reference], dtype=torch.float64)
+        prior = per_prompt.log_softmax(-1).exp().mean(0).log()
+        for before, after in zip(raw, calibrated, strict=True):
+            logprobs = torch.tensor(before[name].logprobs, dtype=torch.float64)
+            assert after[name].logprobs == pytest.approx(before[name].logprobs, abs=1e-9)
+            assert after[name].prior == pytest.approx(prior.tolist(), abs=1e-6)
+            assert after[name].scores == pytest.approx((logprobs - prior).tolist(), abs=1e-6)
+            assert after[name].probs == pytest.approx((logprobs - prior).softmax(-1).tolist(), abs=1e-6)
+
+
+def test_calibrated_confidences_sum_to_one_over_the_allowed_labels(tiny_engine: TransformersEngine) -> None:
+    engine = variant(tiny_engine, calibrated_fields=ALL_FIELDS)
+    items = make_items()
+    for by_field, triage in zip(engine.score_fields(items), engine.classify(items), strict=True):
+        for name, scores in by_field.items():
+            assert scores.prior is not None and len(scores.prior) == len(ALLOWED[name])
+            assert math.isclose(sum(scores.probs), 1.0, abs_tol=1e-9)
+            assert all(0.0 <= p <= 1.0 for p in scores.probs)
+            predicted = getattr(triage, name)
+            assert predicted.value == ALLOWED[name][scores.best_index]
+            assert predicted.confidence == pytest.approx(max(scores.probs), abs=1e-12)
+
+
+def test_default_calibration_fields(tiny_engine: TransformersEngine) -> None:
+    assert tiny_engine.calibrated_fields == CALIBRATED_FIELDS
+    (scores,) = tiny_engine.score_fields(make_items()[:1])
+    for name in ALL_FIELDS:
+        assert (scores[name].prior is not None) == (name in CALIBRATED_FIELDS)
+    with pytest.raises(ValueError, match="mood"):
+        variant(tiny_engine, calibrated_fields=("intent", "mood"))
 
 
 def test_customer_text_is_fenced_and_cannot_forge_control_tokens(tiny_engine: TransformersEngine) -> None:

@@ -3,7 +3,7 @@
 ``TransformersEngine.from_settings`` is the default ``engine_factory`` of the fleet.
 """
 
-from ticketfleet.engine.engine import TransformersEngine
+from ticketfleet.engine.engine import CALIBRATED_FIELDS, TransformersEngine
 from ticketfleet.engine.loading import (
     ModelLoadError,
     ResolvedModel,
@@ -13,6 +13,7 @@ from ticketfleet.engine.loading import (
 )
 
 __all__ = [
+    "CALIBRATED_FIELDS",
     "ModelLoadError",
     "ResolvedModel",
     "TransformersEngine",

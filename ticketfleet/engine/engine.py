@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -21,13 +22,24 @@ from ticketfleet.engine.prompts import (
     language_name,
     triage_messages,
 )
-from ticketfleet.engine.scoring import FieldScores, score_fields
-from ticketfleet.schemas import EngineInput, EngineOutput, FieldPrediction, Triage
+from ticketfleet.engine.scoring import FieldScores, label_priors, score_fields
+from ticketfleet.schemas import Channel, EngineInput, EngineOutput, FieldPrediction, Triage
 from ticketfleet.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 _MAX_SUBJECT_TOKENS = 64
+
+CALIBRATED_FIELDS: tuple[str, ...] = ("intent", "priority")
+"""Fields calibrated by default (contextual calibration, see ``TransformersEngine.label_priors``).
+
+Sentiment is left out on purpose: on the 40 hand-labelled sample tickets in bench/label_calibration.py,
+calibration cut SmolLM2-135M's sentiment accuracy from 12/40 to 6/40 (its favourite answer just moved from
+"negative" to "positive"), while intent rose from 3/40 to 9/40 and priority from 5/40 to 17/40.
+Pass ``calibrated_fields=()`` to turn calibration off.
+"""
+CONTENT_FREE_TEXTS: tuple[str, ...] = ("N/A", "", "[MASK]")
+"""Stand-ins for the customer message when measuring the label priors (Zhao et al. 2021 use these)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,9 @@ class TransformersEngine:
     Create it once per worker process (``from_settings``); loading is the expensive part.
     """
 
-    def __init__(self, loaded: LoadedModel, settings: Settings) -> None:
+    def __init__(
+        self, loaded: LoadedModel, settings: Settings, *, calibrated_fields: Iterable[str] = CALIBRATED_FIELDS
+    ) -> None:
         if settings.prompt_version not in SUPPORTED_PROMPT_VERSIONS:
             # Results are stored with their prompt version; running v1 prompts under another label
             # would make that record lie.
@@ -62,9 +76,16 @@ class TransformersEngine:
         self.prompt_version: str = settings.prompt_version
         # Strings that must never reach the tokenizer verbatim from customer text (see prompts.defuse).
         self._forbidden = [str(token) for token in self.tokenizer.get_added_vocab()]
+        self.calibrated_fields: tuple[str, ...] = tuple(calibrated_fields)
+        unknown = set(self.calibrated_fields) - {field.name for field in TRIAGE_FIELDS}
+        if unknown:
+            raise ValueError(f"cannot calibrate unknown triage fields: {sorted(unknown)}")
+        self._priors: dict[str, tuple[float, ...]] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> TransformersEngine:
+    def from_settings(
+        cls, settings: Settings | None = None, *, calibrated_fields: Iterable[str] = CALIBRATED_FIELDS
+    ) -> TransformersEngine:
         """Resolve and load the configured model (raises ``ModelLoadError`` when it is not available)."""
         settings = settings or get_settings()
         resolved = resolve_model(settings)
@@ -76,7 +97,7 @@ class TransformersEngine:
             resolved.path,
             loaded.device,
         )
-        return cls(loaded, settings)
+        return cls(loaded, settings, calibrated_fields=calibrated_fields)
 
     # --- Engine protocol -----------------------------------------------------------------------
 
@@ -138,8 +159,38 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def score_fields(self, items: list[EngineInput]) -> list[dict[str, FieldScores]]:
-        """Every allowed label's confidence per field, per item (``classify`` keeps only the best)."""
+        """Every allowed label's confidence per field, per item (``classify`` keeps only the best).
+
+        Fields in ``calibrated_fields`` carry their prior and calibrated confidences; ``logprobs`` stay raw.
+        """
         return self._score([self._prepare(item) for item in items])
+
+    @torch.inference_mode()
+    def label_priors(self) -> dict[str, tuple[float, ...]]:
+        """Log prior of each calibrated field's labels, subtracted from every item's label scores.
+
+        Measured once per engine, on first use: the triage prompt of each channel with the customer
+        message replaced by each of ``CONTENT_FREE_TEXTS``, label distributions averaged. It depends
+        only on the model and the prompt, never on a batch, so batched and single results agree.
+        (Two threads racing here would both compute the same value; harmless.)
+        """
+        if self._priors is not None:
+            return self._priors
+        priors: dict[str, tuple[float, ...]] = {}
+        fields = [field for field in TRIAGE_FIELDS if field.name in self.calibrated_fields]
+        if fields:
+            # Both channels: their prompts differ by one word, and a prior per engine keeps it simple.
+            prompts = [
+                self._triage_ids(text, subject=None, channel=channel)[0]
+                for channel in get_args(Channel)
+                for text in CONTENT_FREE_TEXTS
+            ]
+            content_free = score_fields(
+                self.model, self.tokenizer, prompts, fields, max_batch_tokens=self.settings.batch_max_tokens
+            )
+            priors = label_priors(content_free)
+        self._priors = priors
+        return priors
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -147,30 +198,38 @@ class TransformersEngine:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _prepare(self, item: EngineInput) -> _Prepared:
+    def _triage_ids(self, text: str, *, subject: str | None, channel: Channel) -> tuple[list[int], bool]:
+        """Token ids of the triage prompt (customer strings defused and capped), and whether text was cut."""
         text, cut = truncate_to_tokens(
-            self.tokenizer, defuse(item.text, self._forbidden), self.settings.max_input_tokens
+            self.tokenizer, defuse(text, self._forbidden), self.settings.max_input_tokens
         )
-        subject = None
-        if item.subject:
+        if subject:
             subject, _ = truncate_to_tokens(
-                self.tokenizer, defuse(item.subject, self._forbidden), _MAX_SUBJECT_TOKENS
+                self.tokenizer, defuse(subject, self._forbidden), _MAX_SUBJECT_TOKENS
             )
-        messages = triage_messages(text, subject=subject, channel=item.channel)
-        return _Prepared(
-            language=detect_language(item.text), triage_ids=self._encode_chat(messages), truncated=cut
-        )
+        return self._encode_chat(triage_messages(text, subject=subject, channel=channel)), cut
+
+    def _prepare(self, item: EngineInput) -> _Prepared:
+        ids, cut = self._triage_ids(item.text, subject=item.subject, channel=item.channel)
+        return _Prepared(language=detect_language(item.text), triage_ids=ids, truncated=cut)
 
     def _score(self, prepared: list[_Prepared]) -> list[dict[str, FieldScores]]:
         if not prepared:
             return []
-        return score_fields(
+        priors = self.label_priors()
+        scores = score_fields(
             self.model,
             self.tokenizer,
             [p.triage_ids for p in prepared],
             TRIAGE_FIELDS,
             max_batch_tokens=self.settings.batch_max_tokens,
         )
+        # Contextual calibration: divide out what the model says for no content at all, so a label wins
+        # by fitting this ticket rather than by being the model's favourite answer.
+        return [
+            {name: s.calibrated(priors[name]) if name in priors else s for name, s in item.items()}
+            for item in scores
+        ]
 
     @staticmethod
     def _triage(prepared: _Prepared, scores: dict[str, FieldScores]) -> Triage:
