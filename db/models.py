@@ -170,6 +170,7 @@ class WorkItem(Base):
 class TriageResult(Base):
     __tablename__ = "triage_results"
     __table_args__ = (
+        Index("ix_triage_results_needs_review", "needs_review", postgresql_where=text("needs_review")),
         # Idempotency key: a re-run batch (at-least-once delivery) inserts nothing new.
         UniqueConstraint(
             "message_id", "model_id", "model_revision", "prompt_version", name="uq_triage_results_run"
@@ -191,6 +192,9 @@ class TriageResult(Base):
     prompt_version: Mapped[str] = mapped_column(String(50))
     latency_ms: Mapped[float] = mapped_column(Float)
     truncated: Mapped[bool] = mapped_column(server_default=text("false"))
+    # Per field: the confidence gate that applied (review / suggest / auto) and the thresholds in force.
+    gates: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    needs_review: Mapped[bool] = mapped_column(server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
@@ -215,6 +219,8 @@ class Draft(Base):
     model_revision: Mapped[str] = mapped_column(String(100))
     prompt_version: Mapped[str] = mapped_column(String(50))
     output_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # "passed", or why the draft is held back: empty, echo, wrong_language:<code>.
+    check_result: Mapped[str] = mapped_column(String(64), server_default="passed")
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )

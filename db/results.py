@@ -16,6 +16,15 @@ from ticketfleet.schemas import EngineOutput
 
 
 @dataclass(frozen=True)
+class Review:
+    """What the fleet concluded about one output before storing it (gates, draft check)."""
+
+    gates: dict[str, Any]
+    needs_review: bool
+    draft_check: str | None  # None: no draft was due
+
+
+@dataclass(frozen=True)
 class RunIdentity:
     """What produced a result. Changing any part makes older results stale."""
 
@@ -24,7 +33,14 @@ class RunIdentity:
     prompt_version: str
 
 
-def store_outputs(session: Session, outputs: Sequence[EngineOutput], run: RunIdentity, *, actor: str) -> int:
+def store_outputs(
+    session: Session,
+    outputs: Sequence[EngineOutput],
+    run: RunIdentity,
+    *,
+    actor: str,
+    reviews: dict[int, Review],
+) -> int:
     """Insert triage results and drafts for finished items; returns how many results were new."""
     if not outputs:
         return 0
@@ -56,16 +72,22 @@ def store_outputs(session: Session, outputs: Sequence[EngineOutput], run: RunIde
                 "priority_confidence": t.priority.confidence,
                 "latency_ms": out.latency_ms,
                 "truncated": out.truncated,
+                "gates": reviews[out.item_id].gates,
+                "needs_review": reviews[out.item_id].needs_review,
                 **versions,
             }
         )
-        if out.draft:
+        draft_check = reviews[out.item_id].draft_check
+        if draft_check is not None:
+            # Stored even when the check failed (with the reason): nothing is lost, and only
+            # drafts whose check passed are ever proposed to an agent or written back.
             draft_rows.append(
                 {
                     "message_id": message_id,
-                    "body": out.draft,
+                    "body": out.draft or "",
                     "language": out.draft_language or t.language.value,
                     "output_tokens": out.output_tokens,
+                    "check_result": draft_check,
                     **versions,
                 }
             )
@@ -79,7 +101,7 @@ def store_outputs(session: Session, outputs: Sequence[EngineOutput], run: RunIde
         session.execute(insert(Draft).values(draft_rows).on_conflict_do_nothing(constraint="uq_drafts_run"))
     # One audit event per new decision: labels, confidences and versions; never the text.
     new_messages = {mid for _, mid in inserted}
-    drafted = {d["message_id"] for d in draft_rows}
+    draft_checks = {d["message_id"]: d["check_result"] for d in draft_rows}
     record_events(
         session,
         actor=actor,
@@ -93,7 +115,9 @@ def store_outputs(session: Session, outputs: Sequence[EngineOutput], run: RunIde
                         f: {"value": row[f], "confidence": round(float(row[f"{f}_confidence"]), 4)}
                         for f in ("language", "sentiment", "intent", "priority")
                     },
-                    "draft": row["message_id"] in drafted,
+                    "gates": {f: g["gate"] for f, g in row["gates"].items()},
+                    "needs_review": row["needs_review"],
+                    "draft_check": draft_checks.get(row["message_id"]),
                     **versions,
                 },
             )

@@ -76,6 +76,9 @@ def test_classify_answers_every_good_line_inside_the_label_sets(cli_env: None) -
         assert r["sentiment"] in SENTIMENTS and r["intent"] in INTENTS and r["priority"] in PRIORITIES
         for field in ("language", "sentiment", "intent", "priority"):
             assert 0.0 <= r[f"{field}_confidence"] <= 1.0
+            assert r[f"{field}_gate"] in ("review", "suggest", "auto")
+        fields = ("language", "sentiment", "intent", "priority")
+        assert r["needs_review"] == any(r[f"{f}_gate"] == "review" for f in fields)
     assert "line 3: malformed JSON" in result.stderr
     assert "line 4:" in result.stderr
 

@@ -42,7 +42,16 @@ def test_batch_stores_triage_and_drafts_once(clean_db: str, settings: Settings, 
         for r in results:
             assert r.sentiment in SENTIMENTS and r.intent in INTENTS and r.priority in PRIORITIES
             assert 0 < r.sentiment_confidence <= 1 and r.model_id == engine.model_id
-        assert s.execute(select(func.count()).select_from(Draft)).scalar_one() == 3
+            assert set(r.gates) == {"language", "sentiment", "intent", "priority"}
+            assert r.needs_review == any(g["gate"] == "review" for g in r.gates.values())
+            assert r.gates["intent"]["confidence"] == round(r.intent_confidence, 4)
+        drafts = s.execute(select(Draft)).scalars().all()
+        assert len(drafts) == 3
+        # Random weights write gibberish: whatever the verdict, it is recorded with the draft.
+        assert all(
+            d.check_result == "passed" or d.check_result.split(":")[0] in {"empty", "echo", "wrong_language"}
+            for d in drafts
+        )
         # Redelivery after a crash: the same items run again, nothing is stored twice.
         s.execute(update(WorkItem).values(state=ItemState.queued))
     again = _run(clean_db, settings, engine, ids)

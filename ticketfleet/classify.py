@@ -14,7 +14,9 @@ from typing import IO, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.files import LineError, describe_validation_error
+from ticketfleet.gates import apply_gates, needs_review
 from ticketfleet.schemas import Engine, EngineInput, ThreadMessage, Triage
+from ticketfleet.settings import TRIAGE_FIELD_NAMES, GatePolicy
 
 
 class ClassifyRequest(BaseModel):
@@ -25,12 +27,15 @@ class ClassifyRequest(BaseModel):
     locale: str | None = None
 
 
-def triage_record(request_id: Any, triage: Triage) -> dict[str, Any]:
+def triage_record(request_id: Any, triage: Triage, policies: dict[str, GatePolicy]) -> dict[str, Any]:
     record: dict[str, Any] = {"id": request_id}
-    for field in ("language", "sentiment", "intent", "priority"):
+    gates = apply_gates(triage, policies)
+    for field in TRIAGE_FIELD_NAMES:
         prediction = getattr(triage, field)
         record[field] = prediction.value
         record[f"{field}_confidence"] = round(prediction.confidence, 4)
+        record[f"{field}_gate"] = gates[field]["gate"]
+    record["needs_review"] = needs_review(gates)
     return record
 
 
@@ -48,7 +53,9 @@ def _requests(stream: IO[bytes], errors: list[LineError]) -> Iterator[ClassifyRe
             errors.append(LineError(number, describe_validation_error(exc)))
 
 
-def classify_stream(stream: IO[bytes], out: IO[str], engine: Engine, *, batch_size: int) -> list[LineError]:
+def classify_stream(
+    stream: IO[bytes], out: IO[str], engine: Engine, *, batch_size: int, policies: dict[str, GatePolicy]
+) -> list[LineError]:
     errors: list[LineError] = []
     batch: list[ClassifyRequest] = []
 
@@ -63,7 +70,7 @@ def classify_stream(stream: IO[bytes], out: IO[str], engine: Engine, *, batch_si
             for i, r in enumerate(batch)
         ]
         for request, triage in zip(batch, engine.classify(inputs), strict=True):
-            out.write(json.dumps(triage_record(request.id, triage), ensure_ascii=False) + "\n")
+            out.write(json.dumps(triage_record(request.id, triage, policies), ensure_ascii=False) + "\n")
         out.flush()
         batch.clear()
 

@@ -379,7 +379,11 @@ def classify(
     _preflight_model(settings)
     engine = get_engine(settings)
     errors = classify_stream(
-        sys.stdin.buffer, sys.stdout, engine, batch_size=batch_size or settings.batch_size
+        sys.stdin.buffer,
+        sys.stdout,
+        engine,
+        batch_size=batch_size or settings.batch_size,
+        policies=settings.gates,
     )
     for err in errors:
         console.print(f"line {err.line}: {err.error}")

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from db import stats
 from db.migrate import upgrade
-from db.models import Draft, Message, Source, Ticket, WorkItem
+from db.models import Draft, Message, Source, Ticket, TriageResult, WorkItem
 from db.session import transaction
 from ticketfleet.importing import import_file
 from ticketfleet.progress import follow_items
@@ -243,9 +243,19 @@ def _summary(database_url: str, item_ids: list[int], elapsed: float, console: Co
         drafts = session.execute(
             select(Message.body, Draft.body, Draft.language)
             .join(Draft, Draft.message_id == Message.id)
-            .where(Message.id.in_(message_ids))
+            .where(Message.id.in_(message_ids), Draft.check_result == "passed")
             .order_by(Draft.language, Message.id)
         ).all()
+        checks = dict(
+            session.execute(
+                select(Draft.check_result, func.count())
+                .where(Draft.message_id.in_(message_ids))
+                .group_by(Draft.check_result)
+            ).all()
+        )
+        review = session.execute(
+            select(func.count()).where(TriageResult.message_id.in_(message_ids), TriageResult.needs_review)
+        ).scalar_one()
     for field, counts in tables.items():
         table = Table(field, "items", title=f"by {field}")
         for value, n in counts.items():
@@ -254,7 +264,13 @@ def _summary(database_url: str, item_ids: list[int], elapsed: float, console: Co
     processing_s = (last - first).total_seconds() if first and last else elapsed
     out.print(
         f"{len(item_ids)} items in {elapsed:.0f} s end to end "
-        f"({len(item_ids) / max(processing_s, 1e-9):.2f} items/s while processing), {len(drafts)} drafts"
+        f"({len(item_ids) / max(processing_s, 1e-9):.2f} items/s while processing); "
+        f"{review} flagged for human review by the confidence gates"
+    )
+    held = ", ".join(f"{reason}: {n}" for reason, n in sorted(checks.items()) if reason != "passed")
+    out.print(
+        f"{sum(checks.values())} drafts: {checks.get('passed', 0)} passed their checks"
+        + (f"; held back with the reason recorded ({held})" if held else "")
     )
     shown: set[str | None] = set()
     table = Table(

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 
 from db.audit import record_events
 from db.models import ItemState
-from db.results import RunIdentity, store_outputs
+from db.results import Review, RunIdentity, store_outputs
 from db.session import transaction
 from db.threads import load_inputs
 from db.work import mark_done, mark_failed
 from ticketfleet.batching import claim_batch
+from ticketfleet.draft_checks import check_draft
+from ticketfleet.engine.prompts import draft_system_prompt, language_name
+from ticketfleet.gates import apply_gates, needs_review
 from ticketfleet.schemas import Engine, EngineInput, EngineOutput
 from ticketfleet.settings import Settings
 
@@ -68,9 +71,10 @@ def process_lane_batch(
         if item.id not in inputs:
             errors[item.id] = "message no longer exists"
 
+    reviews = {o.item_id: review_output(o, inputs[o.item_id], settings) for o in outputs}
     dead = failed = new_results = 0
     with transaction(database_url) as session:
-        new_results = store_outputs(session, outputs, run_identity(engine), actor=worker)
+        new_results = store_outputs(session, outputs, run_identity(engine), actor=worker, reviews=reviews)
         mark_done(session, [o.item_id for o in outputs])
         for item_id, error in errors.items():
             state = mark_failed(
@@ -100,6 +104,21 @@ def process_lane_batch(
     )
     log.info("batch %s", report.as_dict())
     return report
+
+
+def review_output(output: EngineOutput, item: EngineInput, settings: Settings) -> Review:
+    """Gates per field, and the draft check when a draft was due."""
+    gates = apply_gates(output.triage, settings.gates)
+    draft_check = None
+    if item.want_draft:
+        language = output.draft_language or output.triage.language.value
+        draft_check = check_draft(
+            output.draft,
+            language=language,
+            customer_texts=[m.text for m in item.thread if m.role == "customer"],
+            instructions=draft_system_prompt(language_name(language)),
+        )
+    return Review(gates=gates, needs_review=needs_review(gates), draft_check=draft_check)
 
 
 def run_isolating(engine: Engine, inputs: list[EngineInput]) -> tuple[list[EngineOutput], dict[int, str]]:

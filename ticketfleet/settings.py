@@ -11,12 +11,38 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 LANES = ("chat", "tickets", "backlog")
 Lane = Literal["chat", "tickets", "backlog"]
+
+
+class GatePolicy(BaseModel):
+    """Confidence gates of one triage field.
+
+    Below ``review_below`` the item is flagged for a human; at or above ``auto_at`` the value may be
+    written back to the source system automatically; in between it is a suggestion shown to agents.
+    """
+
+    review_below: float = Field(default=0.4, ge=0.0, le=1.0)
+    auto_at: float = Field(default=0.8, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GatePolicy:
+        if self.review_below > self.auto_at:
+            raise ValueError(f"review_below ({self.review_below}) must not exceed auto_at ({self.auto_at})")
+        return self
+
+
+TRIAGE_FIELD_NAMES = ("language", "sentiment", "intent", "priority")
+DEFAULT_GATES = {
+    "language": GatePolicy(review_below=0.6, auto_at=0.9),
+    "sentiment": GatePolicy(),
+    "intent": GatePolicy(),
+    "priority": GatePolicy(),
+}
 
 
 class Settings(BaseSettings):
@@ -51,6 +77,12 @@ class Settings(BaseSettings):
     max_input_tokens: int = Field(default=1024, ge=64, description="Thread tokens kept per prompt.")
     prompt_version: str = "v1"
 
+    gates: dict[str, GatePolicy] = Field(
+        default_factory=lambda: dict(DEFAULT_GATES),
+        description='Per-field gates as JSON, e.g. {"intent": {"review_below": 0.5, "auto_at": 0.9}}; '
+        "fields not named keep their defaults.",
+    )
+
     # --- batching -------------------------------------------------------------------------------
     batch_size: int = Field(default=16, ge=1, le=1024)
     batch_max_tokens: int = Field(default=8192, ge=64, description="Token budget of one batch.")
@@ -68,6 +100,16 @@ class Settings(BaseSettings):
 
     # --- import ---------------------------------------------------------------------------------
     max_body_chars: int = Field(default=20_000, ge=1, description="Longer message bodies are rejected.")
+
+    @field_validator("gates")
+    @classmethod
+    def _known_gate_fields(cls, value: dict[str, GatePolicy]) -> dict[str, GatePolicy]:
+        unknown = set(value) - set(TRIAGE_FIELD_NAMES)
+        if unknown:
+            raise ValueError(
+                f"gates for unknown field(s) {sorted(unknown)}; fields: {', '.join(TRIAGE_FIELD_NAMES)}"
+            )
+        return {**DEFAULT_GATES, **value}
 
     @field_validator("data_dir")
     @classmethod
