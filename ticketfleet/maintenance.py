@@ -44,9 +44,10 @@ def current_run(settings: Settings) -> RunIdentity:
     name, a local directory by its path, a hub id by id and revision.
     """
     from ticketfleet.engine import resolve_model
+    from ticketfleet.taxonomy import effective_prompt_version
 
     resolved = resolve_model(settings)
-    return RunIdentity(resolved.model_id, resolved.model_revision, settings.prompt_version)
+    return RunIdentity(resolved.model_id, resolved.model_revision, effective_prompt_version(settings))
 
 
 def reap_and_resend(settings: Settings) -> ReapReport:

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(default=160, ge=1, le=2048)
     max_input_tokens: int = Field(default=1024, ge=64, description="Thread tokens kept per prompt.")
     prompt_version: str = "v1"
+    intent_taxonomy: Path | None = Field(
+        default=None, description="JSON file of allowed intents (default: the bundled support taxonomy)."
+    )
 
     gates: dict[str, GatePolicy] = Field(
         default_factory=lambda: dict(DEFAULT_GATES),

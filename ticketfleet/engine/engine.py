@@ -15,16 +15,17 @@ from ticketfleet.engine.language import UNDETERMINED, detect_language
 from ticketfleet.engine.loading import LoadedModel, load_model, resolve_model, select_device
 from ticketfleet.engine.prompts import (
     SUPPORTED_PROMPT_VERSIONS,
-    TRIAGE_FIELDS,
     defuse,
     draft_messages,
     draft_system_prompt,
     language_name,
+    triage_fields,
     triage_messages,
 )
 from ticketfleet.engine.scoring import FieldScores, label_priors, score_fields
 from ticketfleet.schemas import Channel, EngineInput, EngineOutput, FieldPrediction, Triage
 from ticketfleet.settings import Settings, get_settings
+from ticketfleet.taxonomy import effective_prompt_version, load_taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,14 @@ class TransformersEngine:
         self.settings = settings
         self.model_id: str = loaded.resolved.model_id
         self.model_revision: str = loaded.resolved.model_revision
-        self.prompt_version: str = settings.prompt_version
+        # The intent taxonomy shapes the prompt, so a custom one is part of the recorded prompt version.
+        self.taxonomy = load_taxonomy(settings.intent_taxonomy)
+        self.fields = triage_fields(self.taxonomy.labels)
+        self.prompt_version: str = effective_prompt_version(settings)
         # Strings that must never reach the tokenizer verbatim from customer text (see prompts.defuse).
         self._forbidden = [str(token) for token in self.tokenizer.get_added_vocab()]
         self.calibrated_fields: tuple[str, ...] = tuple(calibrated_fields)
-        unknown = set(self.calibrated_fields) - {field.name for field in TRIAGE_FIELDS}
+        unknown = set(self.calibrated_fields) - {field.name for field in self.fields}
         if unknown:
             raise ValueError(f"cannot calibrate unknown triage fields: {sorted(unknown)}")
         self._priors: dict[str, tuple[float, ...]] | None = None
@@ -177,7 +181,7 @@ class TransformersEngine:
         if self._priors is not None:
             return self._priors
         priors: dict[str, tuple[float, ...]] = {}
-        fields = [field for field in TRIAGE_FIELDS if field.name in self.calibrated_fields]
+        fields = [field for field in self.fields if field.name in self.calibrated_fields]
         if fields:
             # Both channels: their prompts differ by one word, and a prior per engine keeps it simple.
             prompts = [
@@ -207,7 +211,14 @@ class TransformersEngine:
             subject, _ = truncate_to_tokens(
                 self.tokenizer, defuse(subject, self._forbidden), _MAX_SUBJECT_TOKENS
             )
-        return self._encode_chat(triage_messages(text, subject=subject, channel=channel)), cut
+        messages = triage_messages(
+            text,
+            subject=subject,
+            channel=channel,
+            intents=self.taxonomy.labels,
+            intent_descriptions=self.taxonomy.descriptions,
+        )
+        return self._encode_chat(messages), cut
 
     def _prepare(self, item: EngineInput) -> _Prepared:
         ids, cut = self._triage_ids(item.text, subject=item.subject, channel=item.channel)
@@ -221,7 +232,7 @@ class TransformersEngine:
             self.model,
             self.tokenizer,
             [p.triage_ids for p in prepared],
-            TRIAGE_FIELDS,
+            self.fields,
             max_batch_tokens=self.settings.batch_max_tokens,
         )
         # Contextual calibration: divide out what the model says for no content at all, so a label wins

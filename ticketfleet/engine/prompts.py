@@ -96,11 +96,16 @@ class LabelField:
         return tuple(render_label(label) for label in self.labels)
 
 
-TRIAGE_FIELDS: tuple[LabelField, ...] = (
-    LabelField("sentiment", "Sentiment:", SENTIMENTS),
-    LabelField("intent", "Intent:", INTENTS),
-    LabelField("priority", "Priority:", PRIORITIES),
-)
+def triage_fields(intents: tuple[str, ...] = INTENTS) -> tuple[LabelField, ...]:
+    """The scored fields; the intent labels come from the configured taxonomy."""
+    return (
+        LabelField("sentiment", "Sentiment:", SENTIMENTS),
+        LabelField("intent", "Intent:", intents),
+        LabelField("priority", "Priority:", PRIORITIES),
+    )
+
+
+TRIAGE_FIELDS: tuple[LabelField, ...] = triage_fields()
 
 _TRIAGE_SYSTEM = (
     "You triage customer support messages for a support team. The customer's message appears between "
@@ -127,12 +132,23 @@ def defuse(text: str, forbidden: Iterable[str]) -> str:
     return text
 
 
-def triage_messages(text: str, *, subject: str | None, channel: Channel) -> list[dict[str, str]]:
+def triage_messages(
+    text: str,
+    *,
+    subject: str | None,
+    channel: Channel,
+    intents: tuple[str, ...] = INTENTS,
+    intent_descriptions: dict[str, str] | None = None,
+) -> list[dict[str, str]]:
     """Chat messages asking for a triage label; ``text`` must already be defused and length-capped."""
+    described = intent_descriptions or {}
+    intent_list = ", ".join(
+        render_label(label) + (f" ({described[label]})" if label in described else "") for label in intents
+    )
     lines = [
         f"Classify this support {channel} message.",
         "Sentiment: one of " + ", ".join(render_label(label) for label in SENTIMENTS) + ".",
-        "Intent: one of " + ", ".join(render_label(label) for label in INTENTS) + ".",
+        f"Intent: one of {intent_list}.",
         f"Priority: one of {_PRIORITY_GUIDE}.",
         "",
     ]
