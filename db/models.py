@@ -195,6 +195,8 @@ class TriageResult(Base):
     # Per field: the confidence gate that applied (review / suggest / auto) and the thresholds in force.
     gates: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     needs_review: Mapped[bool] = mapped_column(server_default=text("false"))
+    # Sentences addressed to the AI were removed from the ticket before the model read it.
+    injection_suspected: Mapped[bool] = mapped_column(server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )

@@ -74,6 +74,7 @@ def store_outputs(
                 "truncated": out.truncated,
                 "gates": reviews[out.item_id].gates,
                 "needs_review": reviews[out.item_id].needs_review,
+                "injection_suspected": out.injection_suspected,
                 **versions,
             }
         )
@@ -117,6 +118,7 @@ def store_outputs(
                     },
                     "gates": {f: g["gate"] for f, g in row["gates"].items()},
                     "needs_review": row["needs_review"],
+                    "injection_suspected": row["injection_suspected"],
                     "draft_check": draft_checks.get(row["message_id"]),
                     **versions,
                 },

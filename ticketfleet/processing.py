@@ -118,7 +118,9 @@ def review_output(output: EngineOutput, item: EngineInput, settings: Settings) -
             customer_texts=[m.text for m in item.thread if m.role == "customer"],
             instructions=draft_system_prompt(language_name(language)),
         )
-    return Review(gates=gates, needs_review=needs_review(gates), draft_check=draft_check)
+    # Text addressed to the AI is removed before the model reads it, and a human looks at the ticket.
+    flagged = needs_review(gates) or output.injection_suspected
+    return Review(gates=gates, needs_review=flagged, draft_check=draft_check)
 
 
 def run_isolating(engine: Engine, inputs: list[EngineInput]) -> tuple[list[EngineOutput], dict[int, str]]:

@@ -76,6 +76,7 @@ class EngineOutput(BaseModel):
     output_tokens: int = 0
     truncated: bool = False
     latency_ms: float = 0.0
+    injection_suspected: bool = False  # text addressed to the AI was removed before the model read it
 
 
 @runtime_checkable

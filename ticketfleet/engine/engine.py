@@ -11,6 +11,7 @@ from typing import Any, get_args
 import torch
 
 from ticketfleet.engine.drafting import Generated, generate_drafts, trim_thread, truncate_to_tokens
+from ticketfleet.engine.injection import screen
 from ticketfleet.engine.language import UNDETERMINED, detect_language
 from ticketfleet.engine.loading import LoadedModel, load_model, resolve_model, select_device
 from ticketfleet.engine.prompts import (
@@ -23,7 +24,7 @@ from ticketfleet.engine.prompts import (
     triage_messages,
 )
 from ticketfleet.engine.scoring import FieldScores, label_priors, score_fields
-from ticketfleet.schemas import Channel, EngineInput, EngineOutput, FieldPrediction, Triage
+from ticketfleet.schemas import Channel, EngineInput, EngineOutput, FieldPrediction, ThreadMessage, Triage
 from ticketfleet.settings import Settings, get_settings
 from ticketfleet.taxonomy import effective_prompt_version, load_taxonomy
 
@@ -108,6 +109,7 @@ class TransformersEngine:
     @torch.inference_mode()
     def classify(self, items: list[EngineInput]) -> list[Triage]:
         """Triage only: language, sentiment, intent, priority per item, in order."""
+        items, _ = self._screen(items)
         prepared = [self._prepare(item) for item in items]
         scores = self._score(prepared)
         return [self._triage(p, s) for p, s in zip(prepared, scores, strict=True)]
@@ -118,6 +120,7 @@ class TransformersEngine:
         if not items:
             return []
         started = time.perf_counter()
+        items, suspected = self._screen(items)
         prepared = [self._prepare(item) for item in items]
         scores = self._score(prepared)
         triage_share = (time.perf_counter() - started) / len(items)
@@ -155,6 +158,7 @@ class TransformersEngine:
                     output_tokens=draft.tokens if draft is not None else 0,
                     truncated=prepared[i].truncated or draft_cut,
                     latency_ms=1000.0 * (triage_share + (draft.seconds if draft is not None else 0.0)),
+                    injection_suspected=suspected[i],
                 )
             )
         return outputs
@@ -197,6 +201,21 @@ class TransformersEngine:
         return priors
 
     # --- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _screen(items: list[EngineInput]) -> tuple[list[EngineInput], list[bool]]:
+        """Customer messages without sentences addressed to the AI (see injection.py), and flags."""
+        screened: list[EngineInput] = []
+        flags: list[bool] = []
+        for item in items:
+            thread, found = [], False
+            for message in item.thread:
+                text, hit = screen(message.text) if message.role == "customer" else (message.text, False)
+                thread.append(ThreadMessage(role=message.role, text=text))
+                found = found or hit
+            screened.append(item.model_copy(update={"thread": thread}) if found else item)
+            flags.append(found)
+        return screened, flags
 
     def _encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
