@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import ItemState, TriageResult, WorkItem
+from db.models import Draft, ItemState, TriageResult, WorkItem
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,13 @@ def dead_items(session: Session, limit: int = 5) -> list[tuple[int, str | None]]
             .limit(limit)
         ).all()
     ]
+
+
+def review_counts(session: Session) -> dict[str, int]:
+    """Results flagged for a human, and drafts held back by their checks."""
+    flagged = session.execute(select(func.count()).where(TriageResult.needs_review)).scalar_one()
+    held = session.execute(select(func.count()).where(Draft.check_result != "passed")).scalar_one()
+    return {"needs_review": int(flagged), "drafts_held": int(held)}
 
 
 def label_counts(session: Session, field: str, message_ids: Sequence[int] | None = None) -> dict[str, int]:

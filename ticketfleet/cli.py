@@ -344,6 +344,7 @@ def status() -> None:
         counts = stats.items_by_lane_and_state(session)
         throughput = stats.recent_throughput(session)
         dead = stats.dead_items(session)
+        review = stats.review_counts(session)
     try:
         depths: dict[str, int | str] = dict(lane_depths(redis_client(_redis_url(settings)), LANES))
     except Exception as exc:  # status must still show the database side
@@ -359,6 +360,10 @@ def status() -> None:
         + ", ".join(
             f"{t.done} done in last {t.window_s // 60} min ({t.per_minute:.1f}/min)" for t in throughput
         )
+    )
+    out.print(
+        f"{review['needs_review']} result(s) flagged for human review; "
+        f"{review['drafts_held']} draft(s) held back by their checks"
     )
     for item_id, error in dead:
         out.print(f"[red]dead[/] item {item_id}: {error}")
