@@ -110,3 +110,32 @@ def test_each_gpu_child_pins_its_own_device() -> None:
     cmd = gpu_child_command("3", "tickets,backlog", "INFO", beat=False)
     assert "--gpus=3" in cmd and "--name=tickets-backlog-gpu3@%h" in cmd and "--beat" not in cmd
     assert "--beat" in gpu_child_command("0", "chat", "INFO", beat=True)
+
+
+def test_backlog_stale_requeues_results_of_an_older_prompt_version(
+    cli_env: None, settings: Settings, engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from ticketfleet.processing import process_lane_batch
+
+    path = tmp_path / "s.jsonl"
+    path.write_text(
+        "".join(json.dumps({"external_id": str(i), "text": f"refund order {i}"}) + "\n" for i in range(3))
+    )
+    assert runner.invoke(app, ["import", str(path), "--lane", "backlog"]).exit_code == 0
+    report = process_lane_batch(
+        "backlog",
+        [],
+        engine=engine,
+        settings=settings,
+        database_url=settings.database_url_value() or "",
+        worker="t",
+    )
+    assert report.done == 3
+    assert "0 item(s) queued" in runner.invoke(app, ["backlog", "--no-wait", "--stale"]).output
+    # A new intent taxonomy changes the prompt, hence the prompt version: every result is now stale.
+    taxonomy = tmp_path / "intents.json"
+    taxonomy.write_text(json.dumps({"intents": [{"label": "refund"}, {"label": "other"}]}))
+    monkeypatch.setenv("TICKETFLEET_INTENT_TAXONOMY", str(taxonomy))
+    get_settings.cache_clear()
+    assert "0 item(s) queued" in runner.invoke(app, ["backlog", "--no-wait"]).output
+    assert "3 item(s) queued" in runner.invoke(app, ["backlog", "--no-wait", "--stale"]).output
