@@ -45,7 +45,9 @@ def check_draft(
     if copied >= max(ECHO_MIN_CHARS, ECHO_SHARE * len(text)):
         return "echo"
     if language and language != "und" and len(text) >= MIN_CHARS_FOR_LANGUAGE:
-        detected = detect_language(draft or "")
+        # The expected language as a hint: it settles near-ties (no/da, hr/sr) without overriding
+        # a draft clearly written in another language.
+        detected = detect_language(draft or "", locale_hint=language)
         if detected.value not in (language, "und") and detected.confidence >= LANGUAGE_CONFIDENCE:
             return f"wrong_language:{detected.value}"
     return PASSED

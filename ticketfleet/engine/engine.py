@@ -241,7 +241,9 @@ class TransformersEngine:
 
     def _prepare(self, item: EngineInput) -> _Prepared:
         ids, cut = self._triage_ids(item.text, subject=item.subject, channel=item.channel)
-        return _Prepared(language=detect_language(item.text), triage_ids=ids, truncated=cut)
+        return _Prepared(
+            language=detect_language(item.text, locale_hint=item.locale_hint), triage_ids=ids, truncated=cut
+        )
 
     def _score(self, prepared: list[_Prepared]) -> list[dict[str, FieldScores]]:
         if not prepared:
