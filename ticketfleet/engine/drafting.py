@@ -3,10 +3,18 @@
 Generation is batched with LEFT padding: a decoder-only model appends new tokens after the last
 position, so every row's prompt must end at the same column; right padding would make short prompts
 continue after a run of pad tokens.
+
+``generate_drafts`` runs its own greedy loop rather than ``model.generate``: prompts are prefilled on
+top of their shared prefixes (the draft system prompt of each reply language, see
+``scoring.SharedPrefixes``) in batches of similar length, then decoded together from one preallocated
+KV cache, with finished rows dropped and the loop ending once every row has stopped. It produces the
+tokens ``model.generate`` would (greedy, the checkpoint's repetition penalty honoured) and falls back
+to it for models or generation settings it does not cover.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ticketfleet.engine.scoring import SharedPrefixes, base_decoder, build_prefix_tree, supports_custom_masks
 from ticketfleet.schemas import ThreadMessage
 
 # Chat-template tokens around each message (<|im_start|>role\n ... <|im_end|>\n), counted against
@@ -136,9 +145,215 @@ def generate_drafts(
     max_new_tokens: int,
     max_batch_tokens: int,
 ) -> list[Generated]:
-    """Greedy-decode a reply for each prompt (already chat-templated token ids), in input order."""
+    """Greedy-decode a reply for each prompt (already chat-templated token ids), in input order.
+
+    Greedy whatever the checkpoint's generation_config says (Qwen ships with sampling on): drafts must
+    be reproducible for the same input and model revision. Its repetition penalty is honoured, as
+    ``model.generate`` would. Prompts are decoded in batches of rows x (longest prompt + new tokens)
+    within ``max_batch_tokens``; each stops at the first stop token (``stop_token_ids``).
+    """
     if not prompts:
         return []
+    if not (supports_custom_masks(model) and _plain_greedy(model.generation_config)):
+        return _generate_with_hf(model, tokenizer, prompts, max_new_tokens, max_batch_tokens)
+    pad_id = int(tokenizer.pad_token_id)
+    stops = stop_token_ids(model, tokenizer)
+    started = time.perf_counter()
+    # Prompts share long prefixes (the system prompt of each reply language): run each one once.
+    shared = SharedPrefixes(model, prompts, build_prefix_tree(prompts))
+    prefix_share = (time.perf_counter() - started) / len(prompts)
+    results: list[Generated | None] = [None] * len(prompts)
+    for group in _batches([len(p) for p in prompts], max_new_tokens, max_batch_tokens):
+        started = time.perf_counter()
+        new_tokens = _greedy_batch(model, shared, group, pad_id, stops, max_new_tokens, max_batch_tokens)
+        share = prefix_share + (time.perf_counter() - started) / len(group)
+        for index, tokens in zip(group, new_tokens, strict=True):
+            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            results[index] = Generated(text=text, tokens=len(tokens), seconds=share)
+    return [result for result in results if result is not None]
+
+
+# Generation settings that would add a logits processor to greedy decoding in ``model.generate``,
+# with their neutral values; the repetition penalty is the one ``_greedy_batch`` applies itself.
+_NEUTRAL_GENERATION_SETTINGS: dict[str, tuple[Any, ...]] = {
+    "guidance_scale": (None, 1, 1.0),
+    "sequence_bias": (None,),
+    "no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "remove_invalid_values": (None, False),
+    "exponential_decay_length_penalty": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "watermarking_config": (None,),
+    "dola_layers": (None,),
+}
+
+
+def _plain_greedy(generation_config: Any) -> bool:
+    """Whether greedy decoding under this config is argmax of the logits (after a repetition penalty)."""
+    return all(
+        getattr(generation_config, name, None) in neutral
+        for name, neutral in _NEUTRAL_GENERATION_SETTINGS.items()
+    )
+
+
+@functools.cache
+def _buffer_layer() -> Any:
+    """The cache layer class (built on first use: importing transformers is slow)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        """A layer cache in a preallocated buffer: appending writes in place instead of copying it all."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+            super().__init__()
+            self.dtype, self.device = keys.dtype, keys.device
+            self.is_initialized = True
+            self._key_buffer, self._value_buffer, self._length = keys, values, length
+            self._refresh()
+
+        def _refresh(self) -> tuple[torch.Tensor, torch.Tensor]:
+            keys = self.keys = self._key_buffer[:, :, : self._length]
+            values = self.values = self._value_buffer[:, :, : self._length]
+            return keys, values
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            end = self._length + key_states.shape[-2]
+            self._key_buffer[:, :, self._length : end] = key_states
+            self._value_buffer[:, :, self._length : end] = value_states
+            self._length = end
+            return self._refresh()
+
+        def select(self, rows: torch.Tensor) -> None:
+            """Keep only ``rows`` of the batch."""
+            self._key_buffer = self._key_buffer.index_select(0, rows)
+            self._value_buffer = self._value_buffer.index_select(0, rows)
+            self._refresh()
+
+    return BufferLayer
+
+
+def _next_token_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _greedy_batch(
+    model: Any,
+    shared: SharedPrefixes,
+    group: Sequence[int],
+    pad_id: int,
+    stops: Sequence[int],
+    max_new_tokens: int,
+    max_batch_tokens: int,
+) -> list[list[int]]:
+    """New tokens (up to and including the stop token) for the prompts ``group``, in that order.
+
+    Prompts are prefilled in batches of similar length on top of their shared prefixes, then decoded
+    together from one cache (rows left-padded to a common width, room for the new tokens preallocated).
+    Rows that are done drop out of the batch once they are a quarter of it; decoding ends when all are.
+    """
+    from transformers.cache_utils import Cache
+
+    device = model.device
+    decoder = base_decoder(model)
+    prefilled = [shared.prefill(chunk, pad_id) for chunk in shared.chunks(group, max_batch_tokens)]
+    rows = [row for batch in prefilled for row in batch.rows]
+    width = max(batch.mask.shape[1] for batch in prefilled)
+    capacity = width + max_new_tokens
+    layers: list[Any] = []
+    buffer_layer = _buffer_layer()
+    for index, layer in enumerate(prefilled[0].cache.layers):
+        keys = layer.keys.new_zeros((len(rows), layer.keys.shape[1], capacity, layer.keys.shape[3]))
+        values = layer.values.new_zeros((len(rows), layer.values.shape[1], capacity, layer.values.shape[3]))
+        start = 0
+        for batch in prefilled:
+            end, used = start + len(batch.rows), batch.mask.shape[1]
+            keys[start:end, :, width - used : width] = batch.cache.layers[index].keys
+            values[start:end, :, width - used : width] = batch.cache.layers[index].values
+            start = end
+        layers.append(buffer_layer(keys, values, width))
+    mask = torch.zeros((len(rows), capacity), dtype=torch.long, device=device)
+    start = 0
+    for batch in prefilled:
+        mask[start : start + len(batch.rows), width - batch.mask.shape[1] : width] = batch.mask
+        start += len(batch.rows)
+    hidden = torch.cat(
+        [
+            batch.hidden[
+                torch.arange(len(batch.rows), device=device),
+                torch.tensor(batch.rest_lengths, device=device) - 1,
+            ]
+            for batch in prefilled
+        ]
+    )
+    del prefilled
+    cache = Cache(layers=layers)
+    positions = torch.tensor([len(shared.prompts[row]) for row in rows], device=device)
+
+    penalty = getattr(model.generation_config, "repetition_penalty", None)
+    seen: torch.Tensor | None = None
+    stop_ids = set(stops)
+    outputs: list[list[int]] = [[] for _ in rows]
+    live = list(range(len(rows)))  # output index of each batch row
+    done = [False] * len(rows)  # per batch row
+    for step in range(max_new_tokens):
+        logits = _next_token_logits(model, hidden)
+        if penalty is not None and penalty != 1.0:
+            if seen is None:
+                seen = torch.zeros(logits.shape, dtype=torch.bool, device=device)
+                for i, row in enumerate(rows):
+                    seen[i, torch.tensor(list(shared.prompts[row]), device=device)] = True
+            penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+            logits = torch.where(seen, penalised, logits)
+        tokens = logits.argmax(dim=-1)
+        for i, token in enumerate(tokens.tolist()):
+            if not done[i]:
+                outputs[live[i]].append(token)
+                done[i] = token in stop_ids
+        if all(done) or step == max_new_tokens - 1:
+            break
+        if seen is not None:
+            seen[torch.arange(len(live), device=device), tokens] = True
+        finished = sum(done)
+        if finished and 4 * finished >= len(live):
+            keep = [i for i, row_done in enumerate(done) if not row_done]
+            selected = torch.tensor(keep, device=device)
+            for layer in layers:
+                layer.select(selected)
+            mask, positions, tokens = mask[selected], positions[selected], tokens[selected]
+            seen = seen[selected] if seen is not None else None
+            live = [live[i] for i in keep]
+            done = [False] * len(keep)
+        mask[:, width + step] = 1
+        hidden = decoder(
+            input_ids=tokens.unsqueeze(1),
+            attention_mask=mask[:, : width + step + 1],
+            position_ids=(positions + step).unsqueeze(1),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1]
+    by_row = dict(zip(rows, outputs, strict=True))
+    return [by_row[row] for row in group]
+
+
+def _generate_with_hf(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    max_batch_tokens: int,
+) -> list[Generated]:
+    """``model.generate`` on left-padded batches: for models the fast path cannot take."""
     pad_id = int(tokenizer.pad_token_id)
     stops = stop_token_ids(model, tokenizer)
     results: list[Generated | None] = [None] * len(prompts)
@@ -149,8 +364,6 @@ def generate_drafts(
             input_ids=input_ids.to(model.device),
             attention_mask=attention_mask.to(model.device),
             max_new_tokens=max_new_tokens,
-            # Greedy, whatever the checkpoint's generation_config says (Qwen ships with sampling on):
-            # drafts must be reproducible for the same input and model revision.
             do_sample=False,
             num_beams=1,
             temperature=None,

@@ -11,10 +11,13 @@ Two things keep this fast on a CPU:
   positions that predict label tokens, not at every position; on small models it otherwise costs more
   than the transformer itself.
 * Each prompt is run once and all of its (answer prefix + label) continuations are scored in one
-  more pass on top of its KV cache, packed as a token trie under a tree-shaped attention mask; the
-  instructions every prompt of a batch starts with are run once per batch. ``share_prompt=False``
-  runs every prompt + continuation as its own full sequence instead: slower, but the plain reference
-  the tests compare against (both paths give the same scores).
+  more pass on top of its KV cache, packed as a token trie under a tree-shaped attention mask.
+  ``share_prompt=False`` runs every prompt + continuation as its own full sequence instead: slower,
+  but the plain reference the tests compare against (both paths give the same scores).
+* Prefixes that several prompts share (the system prompt, then the instructions of each channel) are
+  run once (``build_prefix_tree``, ``SharedPrefixes``) and kept across calls (``PrefixCache``); each
+  prompt's own remainder runs on top of them, in batches of similar length so that little padding is
+  computed. Drafting (drafting.py) prefills its prompts the same way.
 
 Small models favour some labels whatever the text says (SmolLM2-135M answers "refund" for nearly every
 ticket). ``label_priors`` and ``FieldScores.calibrated`` implement contextual calibration ("Calibrate
@@ -25,6 +28,9 @@ label probabilities by that prior (subtract it in log space) before normalising.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -118,7 +124,7 @@ def label_priors(content_free: Sequence[dict[str, FieldScores]]) -> dict[str, tu
     return priors
 
 
-def _decoder(model: Any) -> Any:
+def base_decoder(model: Any) -> Any:
     """The transformer without its vocabulary head (``model.model`` for Llama/Qwen-style models)."""
     try:
         decoder = model.get_decoder()
@@ -211,28 +217,336 @@ def _build_trie(options: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Trie
     return _Trie(tokens=tokens, depths=depths, ancestors=ancestors, picks=picks)
 
 
-def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    shortest = min(len(s) for s in sequences)
-    length = 0
-    while length < shortest and all(s[length] == sequences[0][length] for s in sequences):
-        length += 1
-    return length
-
-
 def _mask_for(model: Any, allowed: torch.Tensor) -> torch.Tensor | None:
     """A 4D ``allowed`` mask in the form the model's attention implementation expects, or None."""
-    layer_types = getattr(model.config, "layer_types", None) or ()
-    if any(kind != "full_attention" for kind in layer_types):
-        return None  # a custom mask would bypass sliding-window/linear attention layers
-    implementation = getattr(model.config, "_attn_implementation", None)
-    if implementation == "sdpa":
-        return allowed
-    if implementation == "eager":
+    if not supports_custom_masks(model):
+        return None
+    if model.config._attn_implementation == "eager":
         blocked = torch.finfo(model.dtype).min
         return torch.zeros(allowed.shape, dtype=model.dtype, device=allowed.device).masked_fill(
             ~allowed, blocked
         )
-    return None  # flash/flex kernels take no arbitrary 4D masks
+    return allowed
+
+
+def supports_custom_masks(model: Any) -> bool:
+    """Whether every layer is full attention under sdpa or eager, which take arbitrary masks.
+
+    Prefix sharing (and the trie pass) relies on that; flash/flex kernels and sliding-window or
+    linear-attention layers do not qualify.
+    """
+    layer_types = getattr(model.config, "layer_types", None) or ()
+    if any(kind != "full_attention" for kind in layer_types):
+        return False
+    return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+# --- shared prompt prefixes ----------------------------------------------------------------------
+
+MIN_SHARED_TOKENS = 16
+"""A prefix is run once for all the prompts that start with it only if it is at least this long
+(beyond the shorter prefix it extends): each one costs a forward call of its own."""
+
+PADDING_SLACK = {"cpu": 0.1}
+"""How many padded tokens a forward pass may carry per real token before rows go to separate passes.
+
+On a CPU a padded token costs as much as a real one and an extra call very little, so rows of very
+different lengths run separately; on accelerators wide batches matter more than padding.
+"""
+DEFAULT_PADDING_SLACK = 1.0
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+"""Per layer ``(keys, values)``, each ``[batch, kv_heads, length, head_dim]``."""
+
+
+@dataclass(frozen=True)
+class PrefixTree:
+    """Prompt prefixes shared by at least two prompts of a batch, as a tree.
+
+    Node ``k`` is the first ``ends[k]`` tokens of prompt ``sources[k]``; it extends node ``parents[k]``
+    (-1: none), and parents come before their children. ``row_nodes[i]`` is the longest node prompt
+    ``i`` starts with (-1: none). Every prompt keeps at least one token of its own.
+    """
+
+    parents: list[int]
+    ends: list[int]
+    sources: list[int]
+    row_nodes: list[int]
+
+    def prefix_length(self, row: int) -> int:
+        node = self.row_nodes[row]
+        return self.ends[node] if node >= 0 else 0
+
+
+def build_prefix_tree(prompts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_TOKENS) -> PrefixTree:
+    """Split prompts by their first differing token, recursively; shared runs become nodes.
+
+    E.g. triage prompts share the system prompt, and those of one channel share the instructions after
+    it; draft prompts share a system prompt per reply language.
+    """
+    parents: list[int] = []
+    ends: list[int] = []
+    sources: list[int] = []
+    row_nodes = [-1] * len(prompts)
+    # (rows that agree on their first `start` tokens, start, deepest node they share)
+    pending: list[tuple[list[int], int, int]] = [(list(range(len(prompts))), 0, -1)]
+    while pending:
+        rows, start, parent = pending.pop()
+        if len(rows) == 1:
+            row_nodes[rows[0]] = parent
+            continue
+        limit = min(len(prompts[row]) for row in rows) - 1
+        first = prompts[rows[0]]
+        end = min(start, limit)
+        while end < limit and all(prompts[row][end] == first[end] for row in rows):
+            end += 1
+        if end - (ends[parent] if parent >= 0 else 0) >= min_shared:
+            parents.append(parent)
+            ends.append(end)
+            sources.append(rows[0])
+            parent = len(ends) - 1
+        groups: dict[int, list[int]] = {}
+        for row in rows:
+            if len(prompts[row]) - 1 <= end:  # no token left to share beyond `end`: stops here
+                row_nodes[row] = parent
+            else:
+                groups.setdefault(prompts[row][end], []).append(row)
+        pending.extend((group, end + 1, parent) for group in groups.values())
+    return PrefixTree(parents=parents, ends=ends, sources=sources, row_nodes=row_nodes)
+
+
+class PrefixCache:
+    """KV caches of prompt prefixes kept across calls, least recently used first out, within a byte budget.
+
+    The instructions before the customer's text (triage prompt per channel, draft system prompt per
+    reply language) recur in every batch; a worker computes each of them once. Entries are keyed by
+    the prefix's token ids; a cache belongs to one model (``prefix_cache(model)``).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, ...], KV] = OrderedDict()
+        self._sizes: dict[tuple[int, ...], int] = {}
+        self._lengths: Counter[int] = Counter()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[int, ...]) -> KV | None:
+        with self._lock:
+            kv = self._entries.get(key)
+            if kv is not None:
+                self._entries.move_to_end(key)
+            return kv
+
+    def put(self, key: tuple[int, ...], kv: KV) -> None:
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        with self._lock:
+            if key in self._entries or size > self.max_bytes:
+                return
+            self._entries[key], self._sizes[key] = kv, size
+            self._lengths[len(key)] += 1
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                old, _ = self._entries.popitem(last=False)
+                self._bytes -= self._sizes.pop(old)
+                self._lengths[len(old)] -= 1
+
+    def longest_prefix(self, prompt: Sequence[int], longer_than: int) -> int:
+        """Length of the longest cached prefix of ``prompt`` (leaving it one token), if > ``longer_than``."""
+        with self._lock:
+            lengths = sorted((n for n, count in self._lengths.items() if count > 0), reverse=True)
+        for length in lengths:
+            if length <= longer_than:
+                break
+            if length < len(prompt) and tuple(prompt[:length]) in self._entries:
+                return length
+        return 0
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._sizes.clear()
+            self._lengths.clear()
+            self._bytes = 0
+
+
+PREFIX_CACHE_BYTES = 256 * 2**20
+"""Per model. SmolLM2-135M in fp32 takes 46 KB of KV per token, Qwen2.5-0.5B 24 KB (12 KB in bf16)."""
+
+_PREFIX_CACHES: weakref.WeakKeyDictionary[Any, PrefixCache] = weakref.WeakKeyDictionary()
+_PREFIX_CACHES_LOCK = threading.Lock()
+
+
+def prefix_cache(model: Any) -> PrefixCache:
+    """The prefix cache of ``model`` (created on first use)."""
+    with _PREFIX_CACHES_LOCK:
+        cache = _PREFIX_CACHES.get(model)
+        if cache is None:
+            cache = _PREFIX_CACHES[model] = PrefixCache(PREFIX_CACHE_BYTES)
+        return cache
+
+
+class SharedPrefixes:
+    """The KV cache of every node of a :class:`PrefixTree`, each computed once, ready to batch.
+
+    Nodes already in the model's :class:`PrefixCache` are not computed again, and a prompt whose
+    longest node is shorter than a cached prefix of it starts from that one instead. ``prefill(rows)``
+    starts a batch from these: each row's prefix is copied into the batch cache right-aligned (left
+    padding), and the rest of every prompt runs on top of it in one pass.
+    """
+
+    def __init__(self, model: Any, prompts: Sequence[Sequence[int]], tree: PrefixTree) -> None:
+        from transformers.cache_utils import DynamicCache
+
+        self.model = model
+        self.decoder = base_decoder(model)
+        self.device = model.device
+        self.prompts = prompts
+        store = prefix_cache(model)
+        parents, ends, sources = list(tree.parents), list(tree.ends), list(tree.sources)
+        row_nodes = list(tree.row_nodes)
+        extended: dict[tuple[int, ...], int] = {}
+        for row, prompt in enumerate(prompts):
+            length = store.longest_prefix(prompt, tree.prefix_length(row))
+            if length:
+                key = tuple(prompt[:length])
+                if key not in extended:
+                    parents.append(row_nodes[row])
+                    ends.append(length)
+                    sources.append(row)
+                    extended[key] = len(ends) - 1
+                row_nodes[row] = extended[key]
+        self.tree = tree = PrefixTree(parents=parents, ends=ends, sources=sources, row_nodes=row_nodes)
+
+        node_kv: list[KV] = []
+        for parent, end, source in zip(tree.parents, tree.ends, tree.sources, strict=True):
+            key = tuple(prompts[source][:end])
+            kv = store.get(key)
+            if kv is None:
+                start = tree.ends[parent] if parent >= 0 else 0
+                cache: Any = DynamicCache(ddp_cache_data=node_kv[parent]) if parent >= 0 else DynamicCache()
+                self.decoder(
+                    input_ids=torch.tensor([list(prompts[source][start:end])], device=self.device),
+                    attention_mask=torch.ones((1, end), dtype=torch.long, device=self.device),
+                    position_ids=torch.arange(start, end, device=self.device).unsqueeze(0),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                kv = [(layer.keys, layer.values) for layer in cache.layers]
+                store.put(key, kv)
+            node_kv.append(kv)
+        # The nodes rows start from, stacked per layer and right-aligned to the longest, plus an all-zero
+        # entry for rows without a prefix.
+        used = sorted({node for node in tree.row_nodes if node >= 0})
+        self._slot = {node: slot for slot, node in enumerate(used)}
+        self._empty_slot = len(used)
+        self.width = max((tree.ends[node] for node in used), default=0)
+        self._stacked: KV = []
+        if used:
+            for layer in range(len(node_kv[used[0]])):
+                keys, values = node_kv[used[0]][layer]
+                stacked_keys = keys.new_zeros((len(used) + 1, keys.shape[1], self.width, keys.shape[3]))
+                stacked_values = values.new_zeros(
+                    (len(used) + 1, values.shape[1], self.width, values.shape[3])
+                )
+                for slot, node in enumerate(used):
+                    length = tree.ends[node]
+                    stacked_keys[slot, :, self.width - length :] = node_kv[node][layer][0][0]
+                    stacked_values[slot, :, self.width - length :] = node_kv[node][layer][1][0]
+                self._stacked.append((stacked_keys, stacked_values))
+
+    def prefix_length(self, row: int) -> int:
+        return self.tree.prefix_length(row)
+
+    def rest_length(self, row: int) -> int:
+        return len(self.prompts[row]) - self.prefix_length(row)
+
+    def prefill(self, rows: Sequence[int], pad_id: int) -> Prefilled:
+        """Run the rest of each prompt in ``rows`` on top of its shared prefix, as one batch."""
+        from transformers.cache_utils import DynamicCache
+
+        device = self.device
+        prefixes = [self.prefix_length(row) for row in rows]
+        width = max(prefixes)
+        layers: KV = []
+        if width > 0:
+            index = torch.tensor(
+                [
+                    self._slot[self.tree.row_nodes[row]] if prefix else self._empty_slot
+                    for row, prefix in zip(rows, prefixes, strict=True)
+                ],
+                device=device,
+            )
+            for keys, values in self._stacked:
+                layers.append(
+                    (
+                        keys[:, :, self.width - width :].index_select(0, index),
+                        values[:, :, self.width - width :].index_select(0, index),
+                    )
+                )
+        cache = DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
+        prefix_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, prefix in enumerate(prefixes):
+            prefix_mask[i, width - prefix :] = 1
+        rest_ids, rest_mask = _pad_right(
+            [self.prompts[row][prefix:] for row, prefix in zip(rows, prefixes, strict=True)], pad_id, device
+        )
+        mask = torch.cat([prefix_mask.to(device), rest_mask], 1)
+        positions = torch.tensor(prefixes, device=device).unsqueeze(1) + torch.arange(
+            rest_ids.shape[1], device=device
+        ).unsqueeze(0)
+        hidden = self.decoder(
+            input_ids=rest_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        rest_lengths = [len(self.prompts[row]) - prefix for row, prefix in zip(rows, prefixes, strict=True)]
+        return Prefilled(rows=list(rows), cache=cache, mask=mask, hidden=hidden, rest_lengths=rest_lengths)
+
+    def chunks(self, rows: Sequence[int], max_tokens: int, *, extra: int = 0) -> list[list[int]]:
+        """Split ``rows`` into prefill batches: similar rest lengths, within ``max_tokens``.
+
+        A batch costs rows x (longest prefix + longest rest + ``extra``) of the token budget; rows join
+        a batch while its padding stays within the device's slack (see ``PADDING_SLACK``).
+        """
+        slack = PADDING_SLACK.get(self.device.type, DEFAULT_PADDING_SLACK)
+        order = sorted(rows, key=lambda row: -self.rest_length(row))
+        groups: list[list[int]] = []
+        current: list[int] = []
+        real = longest = widest = 0
+        for row in order:
+            rest, prefix = self.rest_length(row), self.prefix_length(row)
+            if current:
+                size = len(current) + 1
+                fits = size * (max(widest, prefix) + longest + extra) <= max_tokens
+                if fits and size * longest <= (1 + slack) * (real + rest):
+                    current.append(row)
+                    real += rest
+                    widest = max(widest, prefix)
+                    continue
+                groups.append(current)
+            current, real, longest, widest = [row], rest, rest, prefix
+        if current:
+            groups.append(current)
+        return groups
+
+
+@dataclass
+class Prefilled:
+    """A batch of prompts run through the decoder: cache, 2D mask over it, and the rest's hidden states."""
+
+    rows: list[int]
+    cache: Any
+    mask: torch.Tensor
+    """``[rows, width]``: 1 for every real token (prefix, then the prompt's own rest) in the cache."""
+    hidden: torch.Tensor
+    """``[rows, longest rest, hidden]``: decoder output of each prompt's own tokens (right-padded)."""
+    rest_lengths: list[int]
 
 
 def _score_with_shared_prompt(
@@ -240,76 +554,53 @@ def _score_with_shared_prompt(
 ) -> list[list[float]] | None:
     """Run each prompt once and all of its continuations together on top of its KV cache.
 
-    Three passes per group of prompts: the part every prompt in the group shares (the instructions)
-    once for the whole group, then each prompt's own remainder, then every continuation packed as a
-    trie with a tree-shaped attention mask. Returns None where the model's attention implementation
-    cannot take such a mask, and the caller falls back to full sequences.
+    Prefixes that several prompts share (the instructions) run once per call (``SharedPrefixes``);
+    then each batch of prompts runs its own remainder, and every continuation is scored in one more
+    pass, packed as a trie with a tree-shaped attention mask. Returns None where the model's attention
+    implementation cannot take such a mask, and the caller falls back to full sequences.
     """
-    from transformers.cache_utils import DynamicCache
-
-    if _mask_for(model, torch.ones((1, 1, 1, 1), dtype=torch.bool)) is None:
+    if not supports_custom_masks(model):
         return None
-    decoder = _decoder(model)
+    decoder = base_decoder(model)
     device = model.device
     results: list[list[float]] = [[0.0] * len(request.options) for request in requests]
-    lengths = [len(request.prompt_ids) for request in requests]
-    by_length = sorted(range(len(requests)), key=lambda i: -lengths[i])
+    prompts = [request.prompt_ids for request in requests]
+    shared = SharedPrefixes(model, prompts, build_prefix_tree(prompts))
+    tries = [_build_trie(request.options) for request in requests]
+    width = max(len(trie.tokens) for trie in tries)
 
-    for group in _chunks(lengths, by_length, max_tokens):
-        prompts = [requests[i].prompt_ids for i in group]
+    for group in shared.chunks(range(len(requests)), max_tokens, extra=width):
+        batch = shared.prefill(group, pad_id)
         rows = len(group)
-        # Keep at least one token per prompt for the second pass, so it always has input.
-        shared = min(_common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
-
-        cache = DynamicCache()
-        if shared > 0:
-            shared_ids = torch.tensor([list(prompts[0][:shared])], device=device)
-            decoder(input_ids=shared_ids, past_key_values=cache, use_cache=True)
-            # Broadcast the shared prefix to every row; DynamicCache copies it when it next appends.
-            cache = DynamicCache(
-                ddp_cache_data=[
-                    (keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
-                    for keys, values, *_ in cache
-                ]
-            )
-        rest_ids, rest_mask = _pad_right([p[shared:] for p in prompts], pad_id, device)
-        prompt_mask = torch.cat([torch.ones((rows, shared), dtype=torch.long, device=device), rest_mask], 1)
-        positions = shared + torch.arange(rest_ids.shape[1], device=device).unsqueeze(0).expand(rows, -1)
-        decoder(
-            input_ids=rest_ids,
-            attention_mask=prompt_mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
-
-        tries = [_build_trie(requests[i].options) for i in group]
-        width = max(len(trie.tokens) for trie in tries)
+        prompt_mask = batch.mask
         prompt_width = prompt_mask.shape[1]
-        tree_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-        tree_positions = torch.zeros((rows, width), dtype=torch.long)
-        allowed = torch.zeros((rows, 1, width, prompt_width + width), dtype=torch.bool)
+        group_tries = [tries[i] for i in group]
+        tree_width = max(len(trie.tokens) for trie in group_tries)
+        tree_ids = torch.full((rows, tree_width), pad_id, dtype=torch.long)
+        tree_positions = torch.zeros((rows, tree_width), dtype=torch.long)
+        allowed = torch.zeros((rows, 1, tree_width, prompt_width + tree_width), dtype=torch.bool)
         allowed[:, 0, :, :prompt_width] = prompt_mask.bool().cpu().unsqueeze(1)
-        for row, (trie, prompt) in enumerate(zip(tries, prompts, strict=True)):
+        first_real = prompt_mask.argmax(dim=1).tolist()  # prefixes are left-padded
+        for row, (trie, index) in enumerate(zip(group_tries, group, strict=True)):
             n = len(trie.tokens)
             tree_ids[row, :n] = torch.tensor(trie.tokens)
-            tree_positions[row, :n] = len(prompt) + torch.tensor(trie.depths)
+            tree_positions[row, :n] = len(prompts[index]) + torch.tensor(trie.depths)
             allowed[row, 0, :n, prompt_width : prompt_width + n] = trie.ancestors
-            # Padding rows attend to the first prompt token only: a fully masked row would make NaNs.
+            # Padding rows attend to one real prompt token only: a fully masked row would make NaNs.
             allowed[row, 0, n:, :] = False
-            allowed[row, 0, n:, 0] = True
+            allowed[row, 0, n:, first_real[row]] = True
         mask = _mask_for(model, allowed.to(device))
         hidden = decoder(
             input_ids=tree_ids.to(device),
             attention_mask=mask,
             position_ids=tree_positions.to(device),
-            past_key_values=cache,
+            past_key_values=batch.cache,
             use_cache=True,
         ).last_hidden_state
 
         picks = [
             _Pick(row, node, token, group[row], option)
-            for row, trie in enumerate(tries)
+            for row, trie in enumerate(group_tries)
             for node, token, option in trie.picks
         ]
         _accumulate(model, hidden, picks, results)
@@ -320,7 +611,7 @@ def _score_full_sequences(
     model: Any, requests: Sequence[ScoreRequest], pad_id: int, max_tokens: int
 ) -> list[list[float]]:
     """Reference path: every prompt + prefix + label as its own sequence."""
-    decoder = _decoder(model)
+    decoder = base_decoder(model)
     device = model.device
     results: list[list[float]] = [[0.0] * len(request.options) for request in requests]
     rows = [(i, o) for i, request in enumerate(requests) for o in range(len(request.options))]
