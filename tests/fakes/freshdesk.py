@@ -168,7 +168,9 @@ class FakeFreshdesk(FakeApi):
             return self._invalid("per_page", "It should be a Positive Integer less than or equal to 100")
         if not 1 <= page <= self.max_page:
             return self._invalid(
-                "page", f"It should be a Positive Integer less than or equal to {self.max_page}"
+                "page",
+                f"You cannot access tickets beyond the {self.max_page}th page. "
+                "Please provide a smaller page number.",
             )
         rows = list(self.tickets.values())
         since = request.arg("updated_since")
