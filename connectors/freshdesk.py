@@ -49,7 +49,7 @@ from connectors.saas_support import (
     mapped_fields,
     note_body,
 )
-from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp
+from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp, read_page_with_lookback
 from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -126,17 +126,24 @@ class FreshdeskConnector(Connector):
         opts = self.options
         state = WindowCursor.decode(cursor, source=self.name)
         bound, token = state.query(self._window_start)
-        page = int(token) if token else 1
-        params: dict[str, str | int] = {
-            "updated_since": iso(bound or opts.start),
-            "order_by": "updated_at",
-            "order_type": "asc",
-            "per_page": opts.per_page,
-            "page": page,
-            "include": "requester",
-        }
-        data, response = self._call("GET", "/api/v2/tickets", params=params)
-        rows = expect(data, list, "GET /api/v2/tickets", self.name)
+        since = iso(bound or opts.start)
+
+        def fetch(page: int) -> tuple[list[Any], bool]:
+            params: dict[str, str | int] = {
+                "updated_since": since,
+                "order_by": "updated_at",
+                "order_type": "asc",
+                "per_page": opts.per_page,
+                "page": page,
+                "include": "requester",
+            }
+            data, response = self._call("GET", "/api/v2/tickets", params=params)
+            rows = expect(data, list, "GET /api/v2/tickets", self.name)
+            # At the last page Freshdesk serves, a full page may hide more rows behind the cap.
+            at_cap = page >= opts.max_page and len(rows) >= opts.per_page
+            return rows, at_cap or self._has_next(response, len(rows), opts.per_page)
+
+        rows, next_token = read_page_with_lookback(fetch, token)
         hits: list[Hit[dict[str, Any]]] = []
         rejected: list[tuple[str, str]] = []
         for position, row in enumerate(rows):
@@ -145,9 +152,6 @@ class FreshdeskConnector(Connector):
             except (TypeError, KeyError, ValueError, AttributeError) as exc:
                 ident = str(row.get("id")) if isinstance(row, dict) else f"#{position}"
                 rejected.append((ident, f"ticket without a usable id/updated_at: {exc!r}"))
-        # At the last page Freshdesk serves, a full page may hide more rows behind the cap.
-        at_cap = page >= opts.max_page and len(rows) >= opts.per_page
-        next_token = str(page + 1) if at_cap or self._has_next(response, len(rows), opts.per_page) else None
         fresh, after, more = state.advance(
             hits, next_token, window_start=self._window_start, page_size=opts.per_page
         )

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 from connectors.base import ConfigError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -140,3 +141,22 @@ class WindowCursor:
             return fresh, WindowCursor(since=newest, seen=seen), True
         # A whole page of ties: only the query's own next page can get past them.
         return fresh, WindowCursor(since=newest, seen=seen, bound=bound, token=next_token), True
+
+
+def read_page_with_lookback(
+    fetch: Callable[[int], tuple[list[R], bool]], token: str | None
+) -> tuple[list[R], str | None]:
+    """Rows of page ``token`` (1 when None) and the token of the page after it (None: last page).
+
+    For APIs paged by number: while following pages through a block of ties, a tied ticket updated
+    meanwhile moves to the end of the listing and every later row shifts one place towards the front,
+    so the first row of the next page would land on the page already read. Re-reading the previous
+    page *after* the current one catches up to a page of such shifts per pull (the cursor's seen-set
+    drops the rows read twice). ``fetch(page)`` returns (rows, whether a next page exists).
+    """
+    page = int(token) if token else 1
+    rows, more = fetch(page)
+    if page > 1:
+        earlier, _ = fetch(page - 1)
+        rows = earlier + rows
+    return rows, (str(page + 1) if more else None)

@@ -53,7 +53,7 @@ from connectors.files import describe_validation_error
 from connectors.html_text import html_to_text, text_to_html
 from connectors.http import SourceHttp
 from connectors.saas_support import build_http, decode_json, expect, mapped_fields, note_body
-from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp
+from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp, read_page_with_lookback
 from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -115,16 +115,21 @@ class ZammadConnector(Connector):
         opts = self.options
         state = WindowCursor.decode(cursor, source=self.name)
         bound, token = state.query(self._window_start)
-        page = int(token) if token else 1
-        params: dict[str, str | int] = {
-            "query": self.search_query(bound or opts.start),
-            "sort_by": "updated_at",
-            "order_by": "asc",
-            "page": page,
-            "per_page": opts.per_page,
-            "expand": "true",
-        }
-        rows = self._search_rows(self._call("GET", "/api/v1/tickets/search", params=params))
+        query = self.search_query(bound or opts.start)
+
+        def fetch(page: int) -> tuple[list[Any], bool]:
+            params: dict[str, str | int] = {
+                "query": query,
+                "sort_by": "updated_at",
+                "order_by": "asc",
+                "page": page,
+                "per_page": opts.per_page,
+                "expand": "true",
+            }
+            rows = self._search_rows(self._call("GET", "/api/v1/tickets/search", params=params))
+            return rows, len(rows) >= opts.per_page  # search answers carry no "next" link
+
+        rows, next_token = read_page_with_lookback(fetch, token)
         hits: list[Hit[dict[str, Any]]] = []
         rejected: list[tuple[str, str]] = []
         for position, row in enumerate(rows):
@@ -133,7 +138,6 @@ class ZammadConnector(Connector):
             except (TypeError, KeyError, ValueError, AttributeError) as exc:
                 ident = str(row.get("id")) if isinstance(row, dict) else f"#{position}"
                 rejected.append((ident, f"ticket without a usable id/updated_at: {exc!r}"))
-        next_token = str(page + 1) if len(rows) >= opts.per_page else None
         fresh, after, more = state.advance(
             hits, next_token, window_start=self._window_start, page_size=opts.per_page
         )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from connectors.base import ConfigError
-from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp
+from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp, read_page_with_lookback
 
 T0 = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
 
@@ -67,30 +68,45 @@ def test_round_trip_and_corrupt_cursor() -> None:
 
 
 class _ListApi:
-    """A list endpoint: updated_at >= bound, ascending by (updated_at, id), page numbers."""
+    """A list endpoint: updated_at >= bound, ascending by (updated_at, id), numbered pages.
 
-    def __init__(self, page_size: int) -> None:
+    ``churn`` tickets are updated while the client pages (one per request, at random), which moves
+    them to the end of the listing and shifts every later row forwards, as a live helpdesk does.
+    """
+
+    def __init__(self, page_size: int, rng: random.Random, churn: int = 0) -> None:
         self.rows: dict[str, datetime] = {}
         self.page_size = page_size
+        self.rng = rng
+        self.churn = churn
+        self.clock = T0 + timedelta(hours=1)
 
-    def fetch(self, bound: datetime | None, token: str | None) -> tuple[list[Hit[None]], str | None]:
-        page = int(token or 1)
+    def update(self, ident: str) -> None:
+        self.clock += timedelta(seconds=1)
+        self.rows[ident] = self.clock
+
+    def fetch(self, bound: datetime | None, page: int) -> tuple[list[Hit[None]], bool]:
+        if self.churn and self.rng.random() < 0.5:
+            self.churn -= 1
+            self.update(self.rng.choice(sorted(self.rows)))
         rows = sorted((when, ident) for ident, when in self.rows.items() if bound is None or when >= bound)
         chunk = rows[(page - 1) * self.page_size : page * self.page_size]
-        more = page * self.page_size < len(rows)
-        return [Hit(ident, when, None) for when, ident in chunk], (str(page + 1) if more else None)
+        return [Hit(ident, when, None) for when, ident in chunk], page * self.page_size < len(rows)
 
 
-def _drain(api: _ListApi, stored: str | None, overlap: timedelta) -> tuple[list[str], str | None]:
+def _drain(
+    api: _ListApi, stored: str | None, overlap: timedelta
+) -> tuple[list[tuple[str, datetime]], str | None]:
     def window(newest: datetime) -> datetime:
         return newest - overlap
 
-    emitted: list[str] = []
+    emitted: list[tuple[str, datetime]] = []
     for _ in range(1000):
         cursor = WindowCursor.decode(stored, source="sim")
-        hits, token = api.fetch(*cursor.query(window))
-        fresh, after, more = cursor.advance(hits, token, window_start=window, page_size=api.page_size)
-        emitted += [h.id for h in fresh]
+        bound, token = cursor.query(window)
+        hits, next_token = read_page_with_lookback(functools.partial(api.fetch, bound), token)
+        fresh, after, more = cursor.advance(hits, next_token, window_start=window, page_size=api.page_size)
+        emitted += [(h.id, h.updated) for h in fresh]
         stored = after.encode()
         if not more:
             return emitted, stored
@@ -100,16 +116,31 @@ def _drain(api: _ListApi, stored: str | None, overlap: timedelta) -> tuple[list[
 @pytest.mark.parametrize("seed", range(12))
 def test_simulated_source_with_heavy_ties_loses_and_repeats_nothing(seed: int) -> None:
     rng = random.Random(seed)
-    api = _ListApi(page_size=rng.choice([2, 3, 5]))
+    api = _ListApi(page_size=rng.choice([2, 3, 5]), rng=rng)
     overlap = timedelta(seconds=rng.choice([0, 1, 60]))
     for n in range(40):
         api.rows[str(n)] = T0 + timedelta(seconds=rng.choice([0, 0, 0, 1, 2, 2, 7]))
     emitted, stored = _drain(api, None, overlap)
-    assert sorted(emitted, key=int) == sorted(api.rows, key=int), "each record exactly once"
-    later = T0 + timedelta(minutes=5)
+    assert sorted(i for i, _ in emitted) == sorted(api.rows), "each record exactly once"
     updated = rng.sample(sorted(api.rows), 9)
     for ident in updated:
-        api.rows[ident] = later  # nine records updated in one second
-    api.rows["new"] = later
+        api.rows[ident] = api.clock  # nine records updated in one second
+    api.rows["new"] = api.clock
     emitted, _ = _drain(api, stored, overlap)
-    assert sorted(emitted) == sorted([*updated, "new"]), "only what changed since the cursor"
+    assert sorted(i for i, _ in emitted) == sorted([*updated, "new"]), "only what changed since the cursor"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_updates_while_paging_through_ties_lose_nothing(seed: int) -> None:
+    rng = random.Random(seed)
+    api = _ListApi(page_size=rng.choice([2, 3, 5]), rng=rng, churn=15)
+    for n in range(40):
+        api.rows[str(n)] = T0  # one big block of ties: the cursor must follow page numbers
+    emitted, stored = _drain(api, None, timedelta(seconds=1))
+    api.churn = 0
+    # An update that lands while the last page is read belongs to the next poll.
+    next_poll, _ = _drain(api, stored, timedelta(seconds=1))
+    emitted += next_poll
+    assert len(emitted) == len(set(emitted)), "no version of a ticket emitted twice"
+    latest = set(api.rows.items())
+    assert latest <= set(emitted), f"latest versions never emitted: {sorted(latest - set(emitted))}"
