@@ -85,6 +85,7 @@ class FreshdeskConnector(Connector):
     def __init__(self, name: str, http: SourceHttp, **options: Any) -> None:
         super().__init__(name)
         self.http = http
+        self.owns_http = False
         self.options = FreshdeskOptions.model_validate(options)
         # The budget Freshdesk reported on the latest answer (None until one arrived).
         self.rate_limit: RateLimitStatus | None = None
@@ -277,6 +278,10 @@ class FreshdeskConnector(Connector):
                 return str(conv.get("id"))
         return None
 
+    def close(self) -> None:
+        if self.owns_http:  # built by from_config: ours to close; an injected client is the caller's
+            self.http.client.close()
+
     # --- check ---------------------------------------------------------------------------------
 
     def check(self) -> str:
@@ -296,6 +301,7 @@ def from_config(
         opts = FreshdeskOptions.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(f"freshdesk options: {describe_validation_error(exc)}", source=name) from exc
+    owns_http = http is None
     if http is None:
         if not opts.base_url:
             raise ConfigError(
@@ -311,4 +317,6 @@ def from_config(
             requests_per_minute=opts.requests_per_minute,
             auth=(api_key.get_secret_value(), "X"),
         )
-    return FreshdeskConnector(name, http, **opts.model_dump())
+    connector = FreshdeskConnector(name, http, **opts.model_dump())
+    connector.owns_http = owns_http
+    return connector

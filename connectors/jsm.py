@@ -59,7 +59,8 @@ from connectors.saas_support import (
 from connectors.window_cursor import Hit, WindowCursor, parse_timestamp
 from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Default start for a source without a cursor: before any Jira Cloud issue, and a date JQL takes.
+DEFAULT_START = datetime(2000, 1, 1, tzinfo=UTC)
 SEARCH_FIELDS = ["summary", "description", "reporter", "created", "updated", "labels", "status"]
 _BLOCK_NODES = {"paragraph", "heading", "listItem", "blockquote", "codeBlock", "rule", "tableRow"}
 
@@ -73,7 +74,7 @@ class JsmOptions(BaseModel):
     jql_filter: str | None = None  # extra JQL ANDed to the project and time condition
     max_results: int = Field(default=50, ge=1, le=100)
     comment_page_size: int = Field(default=50, ge=1, le=100)
-    start: datetime = EPOCH
+    start: datetime = DEFAULT_START
     overlap_seconds: float = Field(default=60.0, ge=0)
     timezone: str | None = None  # IANA name of the API user's time zone; None: ask /myself
     # WriteBack field → Jira field id, e.g. {"priority": "customfield_10050"}.
@@ -131,6 +132,7 @@ class JsmConnector(Connector):
     def __init__(self, name: str, http: SourceHttp, **options: Any) -> None:
         super().__init__(name)
         self.http = http
+        self.owns_http = False
         self.options = JsmOptions.model_validate(options)
         self._zone: ZoneInfo | None = ZoneInfo(self.options.timezone) if self.options.timezone else None
         self.rate_limit: RateLimitStatus | None = None
@@ -318,6 +320,10 @@ class JsmConnector(Connector):
                 return str(comment.get("id"))
         return None
 
+    def close(self) -> None:
+        if self.owns_http:  # built by from_config: ours to close; an injected client is the caller's
+            self.http.client.close()
+
     # --- check ---------------------------------------------------------------------------------
 
     def check(self) -> str:
@@ -335,6 +341,7 @@ def from_config(
         opts = JsmOptions.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(f"jsm options: {describe_validation_error(exc)}", source=name) from exc
+    owns_http = http is None
     if http is None:
         if not opts.base_url or not opts.email:
             raise ConfigError("jsm options: base_url and email are required", source=name)
@@ -348,4 +355,6 @@ def from_config(
             requests_per_minute=opts.requests_per_minute,
             auth=(opts.email, token.get_secret_value()),
         )
-    return JsmConnector(name, http, **opts.model_dump())
+    connector = JsmConnector(name, http, **opts.model_dump())
+    connector.owns_http = owns_http
+    return connector

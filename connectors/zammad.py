@@ -94,6 +94,7 @@ class ZammadConnector(Connector):
     def __init__(self, name: str, http: SourceHttp, **options: Any) -> None:
         super().__init__(name)
         self.http = http
+        self.owns_http = False
         self.options = ZammadOptions.model_validate(options)
 
     def _call(self, method: str, url: str, *, retry: bool = True, **kwargs: Any) -> Any:
@@ -315,6 +316,10 @@ class ZammadConnector(Connector):
         data = self._call("POST", "/api/v1/ticket_articles", json=payload, retry=False)
         return str(expect(data, dict, "POST /api/v1/ticket_articles", self.name).get("id"))
 
+    def close(self) -> None:
+        if self.owns_http:  # built by from_config: ours to close; an injected client is the caller's
+            self.http.client.close()
+
     # --- check ---------------------------------------------------------------------------------
 
     def check(self) -> str:
@@ -343,6 +348,7 @@ def from_config(
         opts = ZammadOptions.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(f"zammad options: {describe_validation_error(exc)}", source=name) from exc
+    owns_http = http is None
     if http is None:
         if not opts.base_url:
             raise ConfigError("zammad options: base_url is required", source=name)
@@ -356,4 +362,6 @@ def from_config(
             requests_per_minute=opts.requests_per_minute,
             headers={"Authorization": f"Token token={token.get_secret_value()}"},
         )
-    return ZammadConnector(name, http, **opts.model_dump())
+    connector = ZammadConnector(name, http, **opts.model_dump())
+    connector.owns_http = owns_http
+    return connector

@@ -230,6 +230,11 @@ def test_from_config_builds_a_working_connector(harness: FreshdeskHarness) -> No
         None,
     )
     assert "bot@acme.test" in connector.check()
+    connector.close()
+    assert connector.http.client.is_closed, "a client built by from_config is closed with the connector"
+    injected = harness.connector()
+    injected.close()
+    assert not injected.http.client.is_closed, "an injected client belongs to the caller"
     with pytest.raises(ConfigError, match="api_key"):
         from_config("fd", {"base_url": harness.base_url}, {}, None)
     with pytest.raises(ConfigError, match="per_page"):

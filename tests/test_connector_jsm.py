@@ -119,8 +119,8 @@ def test_jql_uses_minutes_in_the_users_time_zone(harness: JsmHarness) -> None:
     first = _searches(harness.api)[0]
     assert first["jql"] == (
         'project = SUP AND ("Request Type" = "Get IT help") '
-        'AND updated >= "1969/12/31 19:00" ORDER BY updated ASC'
-    ), "1970-01-01T00:00Z is 19:00 the day before in New York"
+        'AND updated >= "1999/12/31 19:00" ORDER BY updated ASC'
+    ), "2000-01-01T00:00Z is 19:00 the day before in New York"
     assert first["maxResults"] == 3 and "updated" in first["fields"] and "nextPageToken" not in first
     harness.create_ticket(subject="Next", text="again")
     pull_all(connector, cursor)
@@ -150,7 +150,7 @@ def test_whole_page_of_ties_follows_next_page_token(harness: JsmHarness) -> None
 
 def test_expired_page_token_restarts_the_window(harness: JsmHarness) -> None:
     ext = harness.create_ticket(subject="Token", text="token test")
-    stale = json.dumps({"since": None, "seen": {}, "bound": "1970-01-01T00:00:00Z", "token": "expired"})
+    stale = json.dumps({"since": None, "seen": {}, "bound": "2000-01-01T00:00:00Z", "token": "expired"})
     pages, _ = pull_all(harness.connector(), stale)
     assert ext in [t.external_id for p in pages for t in p.items]
 
@@ -237,6 +237,11 @@ def test_from_config_requires_email_token_and_project(harness: JsmHarness) -> No
     good = {"project": "SUP", "base_url": harness.base_url, "email": harness.api.email}
     connector = from_config("jsm", good, {"api_token": SecretStr(harness.api.api_token)}, None)
     assert "America/New_York" in connector.check()
+    connector.close()
+    assert connector.http.client.is_closed, "a client built by from_config is closed with the connector"
+    injected = harness.connector()
+    injected.close()
+    assert not injected.http.client.is_closed, "an injected client belongs to the caller"
     with pytest.raises(ConfigError, match="api_token"):
         from_config("jsm", good, {}, None)
     with pytest.raises(ConfigError, match="project"):

@@ -238,6 +238,11 @@ def test_from_config_uses_token_auth(harness: ZammadHarness) -> None:
         "zm", {"base_url": harness.base_url}, {"token": SecretStr(harness.api.token)}, None
     )
     assert "triage-bot@example.com" in connector.check()
+    connector.close()
+    assert connector.http.client.is_closed, "a client built by from_config is closed with the connector"
+    injected = harness.connector()
+    injected.close()
+    assert not injected.http.client.is_closed, "an injected client belongs to the caller"
     with pytest.raises(ConfigError, match="token"):
         from_config("zm", {"base_url": harness.base_url}, {}, None)
     with pytest.raises(ConfigError, match="draft_mode"):
