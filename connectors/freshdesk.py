@@ -43,11 +43,11 @@ from connectors.html_text import html_to_text, text_to_html
 from connectors.http import SourceHttp
 from connectors.saas_support import (
     RateLimitStatus,
-    build_http,
     decode_json,
     expect,
     mapped_fields,
     note_body,
+    require_secret,
 )
 from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp, read_page_with_lookback
 from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
@@ -60,7 +60,6 @@ class FreshdeskOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # https://<account>.freshdesk.com — only needed when from_config builds the HTTP client itself.
-    base_url: str | None = None
     per_page: int = Field(default=100, ge=1, le=100)  # Freshdesk's maximum is 100
     # Where a source without a cursor starts. Without updated_since Freshdesk lists only 30 days.
     start: datetime = EPOCH
@@ -75,8 +74,6 @@ class FreshdeskOptions(BaseModel):
     # Pause before the next request once X-Ratelimit-Remaining is at or below this (0 = never).
     reserve_requests: int = Field(default=0, ge=0)
     reserve_pause_seconds: float = Field(default=60.0, ge=0)
-    timeout_seconds: float = Field(default=30.0, gt=0)
-    requests_per_minute: float | None = Field(default=None, gt=0)
 
 
 class FreshdeskConnector(Connector):
@@ -279,7 +276,7 @@ class FreshdeskConnector(Connector):
         return None
 
     def close(self) -> None:
-        if self.owns_http:  # built by from_config: ours to close; an injected client is the caller's
+        if self.owns_http:  # handed over by from_config (the registry); an injected client stays the caller's
             self.http.client.close()
 
     # --- check ---------------------------------------------------------------------------------
@@ -296,27 +293,19 @@ class FreshdeskConnector(Connector):
 def from_config(
     name: str, options: dict[str, Any], secrets: dict[str, SecretStr], http: SourceHttp | None
 ) -> FreshdeskConnector:
-    """Build from the sources file: options per :class:`FreshdeskOptions`, secret ``api_key``."""
+    """Build for the registry: options per :class:`FreshdeskOptions`, secret ``api_key``.
+
+    ``http`` is the source's client (base URL, timeout, request budget from the sources file); the
+    API key goes on it as basic auth, user name = key, password = "X". The connector owns it from here.
+    """
     try:
         opts = FreshdeskOptions.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(f"freshdesk options: {describe_validation_error(exc)}", source=name) from exc
-    owns_http = http is None
     if http is None:
-        if not opts.base_url:
-            raise ConfigError(
-                "freshdesk options: base_url is required (https://<account>.freshdesk.com)", source=name
-            )
-        api_key = secrets.get("api_key")
-        if api_key is None or not api_key.get_secret_value():
-            raise ConfigError("freshdesk: secret 'api_key' is missing or empty", source=name)
-        http = build_http(
-            name,
-            base_url=opts.base_url,
-            timeout=opts.timeout_seconds,
-            requests_per_minute=opts.requests_per_minute,
-            auth=(api_key.get_secret_value(), "X"),
-        )
+        raise ConfigError("freshdesk needs base_url, e.g. https://acme.freshdesk.com", source=name)
+    api_key = require_secret(secrets, "api_key", kind="freshdesk", source=name)
+    http.client.auth = httpx.BasicAuth(api_key, "X")
     connector = FreshdeskConnector(name, http, **opts.model_dump())
-    connector.owns_http = owns_http
+    connector.owns_http = True
     return connector

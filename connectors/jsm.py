@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from connectors.base import (
@@ -50,11 +51,11 @@ from connectors.files import describe_validation_error
 from connectors.http import SourceHttp
 from connectors.saas_support import (
     RateLimitStatus,
-    build_http,
     decode_json,
     expect,
     mapped_fields,
     note_body,
+    require_secret,
 )
 from connectors.window_cursor import Hit, WindowCursor, parse_timestamp
 from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
@@ -69,7 +70,6 @@ class JsmOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     project: str  # the service project's key, e.g. "SUP"
-    base_url: str | None = None  # https://<site>.atlassian.net — only when from_config builds the client
     email: str | None = None  # the API user's e-mail (basic auth user name) — only for from_config
     jql_filter: str | None = None  # extra JQL ANDed to the project and time condition
     max_results: int = Field(default=50, ge=1, le=100)
@@ -79,8 +79,6 @@ class JsmOptions(BaseModel):
     timezone: str | None = None  # IANA name of the API user's time zone; None: ask /myself
     # WriteBack field → Jira field id, e.g. {"priority": "customfield_10050"}.
     field_map: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float = Field(default=30.0, gt=0)
-    requests_per_minute: float | None = Field(default=None, gt=0)
 
     @field_validator("project")
     @classmethod
@@ -321,7 +319,7 @@ class JsmConnector(Connector):
         return None
 
     def close(self) -> None:
-        if self.owns_http:  # built by from_config: ours to close; an injected client is the caller's
+        if self.owns_http:  # handed over by from_config (the registry); an injected client stays the caller's
             self.http.client.close()
 
     # --- check ---------------------------------------------------------------------------------
@@ -336,25 +334,21 @@ class JsmConnector(Connector):
 def from_config(
     name: str, options: dict[str, Any], secrets: dict[str, SecretStr], http: SourceHttp | None
 ) -> JsmConnector:
-    """Build from the sources file: options per :class:`JsmOptions` (with ``email``), secret ``api_token``."""
+    """Build for the registry: options per :class:`JsmOptions` (``project``, ``email``), secret ``api_token``.
+
+    ``http`` is the source's client (base URL, timeout, request budget from the sources file); e-mail
+    and API token go on it as basic auth. The connector owns it from here.
+    """
     try:
         opts = JsmOptions.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(f"jsm options: {describe_validation_error(exc)}", source=name) from exc
-    owns_http = http is None
     if http is None:
-        if not opts.base_url or not opts.email:
-            raise ConfigError("jsm options: base_url and email are required", source=name)
-        token = secrets.get("api_token")
-        if token is None or not token.get_secret_value():
-            raise ConfigError("jsm: secret 'api_token' is missing or empty", source=name)
-        http = build_http(
-            name,
-            base_url=opts.base_url,
-            timeout=opts.timeout_seconds,
-            requests_per_minute=opts.requests_per_minute,
-            auth=(opts.email, token.get_secret_value()),
-        )
+        raise ConfigError("jsm needs base_url, e.g. https://acme.atlassian.net", source=name)
+    if not opts.email:
+        raise ConfigError("jsm options: email (the API user's account e-mail) is required", source=name)
+    token = require_secret(secrets, "api_token", kind="jsm", source=name)
+    http.client.auth = httpx.BasicAuth(opts.email, token)
     connector = JsmConnector(name, http, **opts.model_dump())
-    connector.owns_http = owns_http
+    connector.owns_http = True
     return connector

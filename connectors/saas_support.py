@@ -4,7 +4,7 @@
 * :class:`RateLimitStatus` — the plan budget a source reports in its response headers;
 * :func:`note_body` — the draft text plus the idempotency marker, the one shape every note takes;
 * :func:`mapped_fields` — WriteBack fields → the source's configured custom-field ids;
-* :func:`build_http` — the :class:`SourceHttp` a connector gets when the registry passes none.
+* :func:`require_secret` — a secret from the sources file, or a ConfigError saying how to give it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
-from connectors.base import BadResponse, WriteBack
-from connectors.http import RequestBudget, SourceHttp
+from connectors.base import BadResponse, ConfigError, WriteBack
 
 
 def decode_json(response: httpx.Response, source: str) -> Any:
@@ -78,20 +78,12 @@ def mapped_fields(write_back: WriteBack, field_map: Mapping[str, str]) -> dict[s
     return {field_map[name]: value for name, value in write_back.fields.items() if name in field_map}
 
 
-def build_http(
-    source: str,
-    *,
-    base_url: str,
-    timeout: float,
-    requests_per_minute: float | None,
-    auth: httpx.Auth | tuple[str, str] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> SourceHttp:
-    client = httpx.Client(
-        base_url=base_url.rstrip("/"),
-        auth=auth,
-        headers=dict(headers or {}),
-        timeout=timeout,
-        follow_redirects=False,
-    )
-    return SourceHttp(client, source=source, budget=RequestBudget(requests_per_minute))
+def require_secret(secrets: Mapping[str, SecretStr], key: str, *, kind: str, source: str) -> str:
+    """The secret's value, or ConfigError saying how the sources file provides it."""
+    value = secrets.get(key)
+    if value is None or not value.get_secret_value():
+        raise ConfigError(
+            f'{kind} needs the secret {key!r}: {key}_env = "ENV_VAR_HOLDING_IT" in the sources file',
+            source=source,
+        )
+    return value.get_secret_value()

@@ -52,7 +52,7 @@ from connectors.base import (
 from connectors.files import describe_validation_error
 from connectors.html_text import html_to_text, text_to_html
 from connectors.http import SourceHttp
-from connectors.saas_support import build_http, decode_json, expect, mapped_fields, note_body
+from connectors.saas_support import decode_json, expect, mapped_fields, note_body, require_secret
 from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp, read_page_with_lookback
 from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
 
@@ -63,7 +63,6 @@ SENDER_ROLES = {"Customer": "customer", "Agent": "agent"}
 class ZammadOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_url: str | None = None  # https://helpdesk.example.com — only when from_config builds the client
     per_page: int = Field(default=100, ge=1, le=200)
     start: datetime = EPOCH
     # How far the search reaches back before the newest updated_at seen: covers the search index lag.
@@ -79,8 +78,6 @@ class ZammadOptions(BaseModel):
     draft_mode: Literal["shared_draft", "internal_note"] = "shared_draft"
     # WriteBack field → Zammad ticket attribute, e.g. {"priority": "tf_priority"}.
     field_map: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float = Field(default=30.0, gt=0)
-    requests_per_minute: float | None = Field(default=None, gt=0)
 
 
 def _escape(value: str) -> str:
@@ -317,7 +314,7 @@ class ZammadConnector(Connector):
         return str(expect(data, dict, "POST /api/v1/ticket_articles", self.name).get("id"))
 
     def close(self) -> None:
-        if self.owns_http:  # built by from_config: ours to close; an injected client is the caller's
+        if self.owns_http:  # handed over by from_config (the registry); an injected client stays the caller's
             self.http.client.close()
 
     # --- check ---------------------------------------------------------------------------------
@@ -343,25 +340,19 @@ def verify_zammad_webhook(secret: str | bytes, body: bytes, signature_header: st
 def from_config(
     name: str, options: dict[str, Any], secrets: dict[str, SecretStr], http: SourceHttp | None
 ) -> ZammadConnector:
-    """Build from the sources file: options per :class:`ZammadOptions`, secret ``token``."""
+    """Build for the registry: options per :class:`ZammadOptions`, secret ``token`` (an access token).
+
+    ``http`` is the source's client (base URL, timeout, request budget from the sources file); the
+    token goes on it as ``Authorization: Token token=…``. The connector owns it from here.
+    """
     try:
         opts = ZammadOptions.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(f"zammad options: {describe_validation_error(exc)}", source=name) from exc
-    owns_http = http is None
     if http is None:
-        if not opts.base_url:
-            raise ConfigError("zammad options: base_url is required", source=name)
-        token = secrets.get("token")
-        if token is None or not token.get_secret_value():
-            raise ConfigError("zammad: secret 'token' is missing or empty", source=name)
-        http = build_http(
-            name,
-            base_url=opts.base_url,
-            timeout=opts.timeout_seconds,
-            requests_per_minute=opts.requests_per_minute,
-            headers={"Authorization": f"Token token={token.get_secret_value()}"},
-        )
+        raise ConfigError("zammad needs base_url, e.g. https://helpdesk.example.com", source=name)
+    token = require_secret(secrets, "token", kind="zammad", source=name)
+    http.client.headers["Authorization"] = f"Token token={token}"
     connector = ZammadConnector(name, http, **opts.model_dump())
-    connector.owns_http = owns_http
+    connector.owns_http = True
     return connector

@@ -21,6 +21,11 @@ from tests.support.connector_contract import ConnectorContract, Fault, SourceHar
 FIELD_MAP = {"priority": "cf_tf_priority", "language": "cf_tf_language"}
 
 
+def _registry_http(base_url: str) -> SourceHttp:
+    """What the core registry hands from_config: base URL and timeout, no credentials."""
+    return SourceHttp(httpx.Client(base_url=base_url, timeout=0.5), source="registry")
+
+
 class FreshdeskHarness(SourceHarness):
     supports_faults = True
 
@@ -222,23 +227,21 @@ def test_rate_limit_headers_are_exposed_and_the_reserve_honoured(harness: Freshd
     assert 42 in harness.sleeps
 
 
-def test_from_config_builds_a_working_connector(harness: FreshdeskHarness) -> None:
-    connector = from_config(
-        "fd",
-        {"base_url": harness.base_url, "per_page": 50},
-        {"api_key": SecretStr(harness.api.api_key)},
-        None,
-    )
+def test_from_config_puts_the_key_on_the_registry_client(harness: FreshdeskHarness) -> None:
+    http = _registry_http(harness.base_url)
+    connector = from_config("fd", {"per_page": 50}, {"api_key": SecretStr(harness.api.api_key)}, http)
     assert "bot@acme.test" in connector.check()
     connector.close()
-    assert connector.http.client.is_closed, "a client built by from_config is closed with the connector"
+    assert http.client.is_closed, "the registry's client is the connector's to close"
     injected = harness.connector()
     injected.close()
-    assert not injected.http.client.is_closed, "an injected client belongs to the caller"
-    with pytest.raises(ConfigError, match="api_key"):
-        from_config("fd", {"base_url": harness.base_url}, {}, None)
+    assert not injected.http.client.is_closed, "a client injected into the constructor stays the caller's"
+    with pytest.raises(ConfigError, match="api_key_env"):
+        from_config("fd", {}, {}, _registry_http(harness.base_url))
+    with pytest.raises(ConfigError, match="base_url"):
+        from_config("fd", {}, {"api_key": SecretStr("k")}, None)
     with pytest.raises(ConfigError, match="per_page"):
-        from_config("fd", {"base_url": harness.base_url, "per_page": 500}, {"api_key": SecretStr("k")}, None)
+        from_config("fd", {"per_page": 500}, {"api_key": SecretStr("k")}, None)
 
 
 def test_corrupt_cursor_is_a_config_error(harness: FreshdeskHarness) -> None:

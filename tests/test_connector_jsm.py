@@ -22,6 +22,11 @@ from tests.support.connector_contract import ConnectorContract, Fault, SourceHar
 FIELD_MAP = {"priority": "customfield_10050", "language": "customfield_10051"}
 
 
+def _registry_http(base_url: str) -> SourceHttp:
+    """What the core registry hands from_config: base URL and timeout, no credentials."""
+    return SourceHttp(httpx.Client(base_url=base_url, timeout=0.5), source="registry")
+
+
 class JsmHarness(SourceHarness):
     supports_faults = True
 
@@ -234,16 +239,21 @@ def test_adf_to_text_handles_marks_breaks_and_lists() -> None:
 
 
 def test_from_config_requires_email_token_and_project(harness: JsmHarness) -> None:
-    good = {"project": "SUP", "base_url": harness.base_url, "email": harness.api.email}
-    connector = from_config("jsm", good, {"api_token": SecretStr(harness.api.api_token)}, None)
+    http = _registry_http(harness.base_url)
+    good = {"project": "SUP", "email": harness.api.email}
+    connector = from_config("jsm", good, {"api_token": SecretStr(harness.api.api_token)}, http)
     assert "America/New_York" in connector.check()
     connector.close()
-    assert connector.http.client.is_closed, "a client built by from_config is closed with the connector"
+    assert http.client.is_closed, "the registry's client is the connector's to close"
     injected = harness.connector()
     injected.close()
-    assert not injected.http.client.is_closed, "an injected client belongs to the caller"
-    with pytest.raises(ConfigError, match="api_token"):
-        from_config("jsm", good, {}, None)
+    assert not injected.http.client.is_closed, "a client injected into the constructor stays the caller's"
+    with pytest.raises(ConfigError, match="api_token_env"):
+        from_config("jsm", good, {}, _registry_http(harness.base_url))
+    with pytest.raises(ConfigError, match="email"):
+        from_config(
+            "jsm", {"project": "SUP"}, {"api_token": SecretStr("t")}, _registry_http(harness.base_url)
+        )
     with pytest.raises(ConfigError, match="project"):
         from_config("jsm", {"project": "not a key"}, {}, None)
     with pytest.raises(ConfigError, match="time zone"):

@@ -24,6 +24,11 @@ from tests.support.connector_contract import ConnectorContract, Fault, SourceHar
 FIELD_MAP = {"priority": "tf_priority", "language": "tf_language"}
 
 
+def _registry_http(base_url: str) -> SourceHttp:
+    """What the core registry hands from_config: base URL and timeout, no credentials."""
+    return SourceHttp(httpx.Client(base_url=base_url, timeout=0.5), source="registry")
+
+
 class ZammadHarness(SourceHarness):
     supports_faults = True
 
@@ -233,17 +238,18 @@ def test_webhook_signature_is_hmac_sha1_of_the_body() -> None:
     assert verify_zammad_webhook("", body, f"sha1={digest}") is False
 
 
-def test_from_config_uses_token_auth(harness: ZammadHarness) -> None:
-    connector = from_config(
-        "zm", {"base_url": harness.base_url}, {"token": SecretStr(harness.api.token)}, None
-    )
+def test_from_config_puts_the_token_on_the_registry_client(harness: ZammadHarness) -> None:
+    http = _registry_http(harness.base_url)
+    connector = from_config("zm", {}, {"token": SecretStr(harness.api.token)}, http)
     assert "triage-bot@example.com" in connector.check()
     connector.close()
-    assert connector.http.client.is_closed, "a client built by from_config is closed with the connector"
+    assert http.client.is_closed, "the registry's client is the connector's to close"
     injected = harness.connector()
     injected.close()
-    assert not injected.http.client.is_closed, "an injected client belongs to the caller"
-    with pytest.raises(ConfigError, match="token"):
-        from_config("zm", {"base_url": harness.base_url}, {}, None)
+    assert not injected.http.client.is_closed, "a client injected into the constructor stays the caller's"
+    with pytest.raises(ConfigError, match="token_env"):
+        from_config("zm", {}, {}, _registry_http(harness.base_url))
+    with pytest.raises(ConfigError, match="base_url"):
+        from_config("zm", {}, {"token": SecretStr("t")}, None)
     with pytest.raises(ConfigError, match="draft_mode"):
         from_config("zm", {"draft_mode": "public"}, {}, None)
