@@ -47,10 +47,18 @@ from connectors.saas_support import (
     expect,
     mapped_fields,
     note_body,
+    requester,
     require_secret,
 )
-from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp, read_page_with_lookback
-from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
+from connectors.window_cursor import (
+    Hit,
+    WindowCursor,
+    iso,
+    maybe_timestamp,
+    parse_timestamp,
+    read_page_with_lookback,
+)
+from ticketfleet.inbound import InboundMessage, InboundTicket
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 OUTBOUND_EMAIL = 10  # Freshdesk source value: the ticket was opened by an agent's outbound e-mail
@@ -192,7 +200,7 @@ class FreshdeskConnector(Connector):
                     role="agent" if raw.get("source") == OUTBOUND_EMAIL else "customer",
                     text=description,
                     external_id="description",
-                    created_at=raw.get("created_at"),
+                    created_at=maybe_timestamp(raw.get("created_at")),
                 )
             )
         for conv in self._conversations(ticket_id):
@@ -209,22 +217,18 @@ class FreshdeskConnector(Connector):
                     role="customer" if from_customer else "agent",
                     text=text,
                     external_id=str(conv.get("id")),
-                    created_at=conv.get("created_at"),
+                    created_at=maybe_timestamp(conv.get("created_at")),
                 )
             )
         embedded = raw.get("requester")
         person: dict[str, Any] = embedded if isinstance(embedded, dict) else {}
-        requester = (
-            Requester(name=person.get("name"), email=person.get("email"))
-            if person.get("name") or person.get("email")
-            else None
-        )
+        who = requester(person.get("name"), person.get("email"))
         return InboundTicket(
             external_id=ticket_id,
             source=self.name,
             channel="chat" if raw.get("source") in self.options.chat_sources else "ticket",
             subject=raw.get("subject"),
-            requester=requester,
+            requester=who,
             messages=messages,
         )
 

@@ -55,10 +55,11 @@ from connectors.saas_support import (
     expect,
     mapped_fields,
     note_body,
+    requester,
     require_secret,
 )
-from connectors.window_cursor import Hit, WindowCursor, parse_timestamp
-from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
+from connectors.window_cursor import Hit, WindowCursor, maybe_timestamp, parse_timestamp
+from ticketfleet.inbound import InboundMessage, InboundTicket
 
 # Default start for a source without a cursor: before any Jira Cloud issue, and a date JQL takes.
 DEFAULT_START = datetime(2000, 1, 1, tzinfo=UTC)
@@ -244,7 +245,7 @@ class JsmConnector(Connector):
                     role="customer",
                     text=description,
                     external_id="description",
-                    created_at=fields.get("created"),
+                    created_at=maybe_timestamp(fields.get("created")),
                 )
             )
         for comment in self._comments(str(issue["id"])):
@@ -262,20 +263,16 @@ class JsmConnector(Connector):
                     role="customer" if by_reporter else "agent",
                     text=text,
                     external_id=str(comment.get("id")),
-                    created_at=(comment.get("created") or {}).get("iso8601"),
+                    created_at=maybe_timestamp((comment.get("created") or {}).get("iso8601")),
                 )
             )
-        requester = (
-            Requester(name=reporter.get("displayName"), email=reporter.get("emailAddress"))
-            if reporter.get("displayName") or reporter.get("emailAddress")
-            else None
-        )
+        who = requester(reporter.get("displayName"), reporter.get("emailAddress"))
         return InboundTicket(
             external_id=str(issue["id"]),
             source=self.name,
             channel="ticket",
             subject=fields.get("summary"),
-            requester=requester,
+            requester=who,
             messages=messages,
         )
 

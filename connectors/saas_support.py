@@ -4,6 +4,7 @@
 * :class:`RateLimitStatus` — the plan budget a source reports in its response headers;
 * :func:`note_body` — the draft text plus the idempotency marker, the one shape every note takes;
 * :func:`mapped_fields` — WriteBack fields → the source's configured custom-field ids;
+* :func:`requester` — a :class:`Requester` that never fails a ticket over an odd name or address;
 * :func:`require_secret` — a secret from the sources file, or a ConfigError saying how to give it.
 """
 
@@ -17,6 +18,7 @@ import httpx
 from pydantic import SecretStr
 
 from connectors.base import BadResponse, ConfigError, WriteBack
+from ticketfleet.inbound import Requester
 
 
 def decode_json(response: httpx.Response, source: str) -> Any:
@@ -87,3 +89,12 @@ def require_secret(secrets: Mapping[str, SecretStr], key: str, *, kind: str, sou
             source=source,
         )
     return value.get_secret_value()
+
+
+def requester(name: object, email: object) -> Requester | None:
+    """The requester as far as the source told it; an odd name or address is dropped, not the ticket."""
+    clean_name = name.strip()[:200] if isinstance(name, str) and name.strip() else None
+    clean_email = email.strip() if isinstance(email, str) and "@" in email and len(email) <= 320 else None
+    if clean_name is None and clean_email is None:
+        return None
+    return Requester(name=clean_name, email=clean_email)

@@ -47,6 +47,16 @@ def parse_timestamp(value: str) -> datetime:
     return when.astimezone(UTC)
 
 
+def maybe_timestamp(value: object) -> datetime | None:
+    """A message's creation time when the source gave a parsable one; never a reason to drop a ticket."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        return None
+
+
 def iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

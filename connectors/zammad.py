@@ -52,8 +52,22 @@ from connectors.base import (
 from connectors.files import describe_validation_error
 from connectors.html_text import html_to_text, text_to_html
 from connectors.http import SourceHttp
-from connectors.saas_support import decode_json, expect, mapped_fields, note_body, require_secret
-from connectors.window_cursor import Hit, WindowCursor, iso, parse_timestamp, read_page_with_lookback
+from connectors.saas_support import (
+    decode_json,
+    expect,
+    mapped_fields,
+    note_body,
+    requester,
+    require_secret,
+)
+from connectors.window_cursor import (
+    Hit,
+    WindowCursor,
+    iso,
+    maybe_timestamp,
+    parse_timestamp,
+    read_page_with_lookback,
+)
 from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -193,7 +207,7 @@ class ZammadConnector(Connector):
                     role=role,  # type: ignore[arg-type]  # values of SENDER_ROLES are Roles
                     text=text,
                     external_id=str(article.get("id")),
-                    created_at=article.get("created_at"),
+                    created_at=maybe_timestamp(article.get("created_at")),
                 )
             )
         kind = raw.get("create_article_type") or (articles[0].get("type") if articles else None)
@@ -213,7 +227,7 @@ class ZammadConnector(Connector):
             address = customer
         if not (name or address):
             return None
-        return Requester(name=name or None, email=address or None)
+        return requester(name, address)
 
     # --- push ----------------------------------------------------------------------------------
 

@@ -247,3 +247,17 @@ def test_from_config_puts_the_key_on_the_registry_client(harness: FreshdeskHarne
 def test_corrupt_cursor_is_a_config_error(harness: FreshdeskHarness) -> None:
     with pytest.raises(ConfigError, match="cursor"):
         harness.connector().pull("not json")
+
+
+def test_odd_timestamps_and_requester_never_cost_the_ticket(harness: FreshdeskHarness) -> None:
+    api = harness.api
+    tid = api.add_ticket("Odd", "odd fields", email="odd@example.com")
+    api.contacts[api.tickets[tid]["requester_id"]]["name"] = "N" * 500
+    api.contacts[api.tickets[tid]["requester_id"]]["email"] = "not-an-address"
+    conv = api.add_conversation(tid, "follow-up", incoming=True, private=False, user_id=0)
+    conv["created_at"] = "Today 10:22 AM"
+    pages, _ = pull_all(harness.connector())
+    ticket = next(t for p in pages for t in p.items if t.external_id == str(tid))
+    assert ticket.requester is not None and ticket.requester.name == "N" * 200
+    assert ticket.requester.email is None
+    assert ticket.messages[-1].text == "follow-up" and ticket.messages[-1].created_at is None
