@@ -217,6 +217,8 @@ class ImapConnector(Connector):
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[imaplib.IMAP4]:
+        """A logged-in connection; errors raised by the caller's block are mapped too (they pass the
+        ``yield`` inside ``_errors``)."""
         with self._errors():
             try:
                 conn = self._connect(self.options)
@@ -277,7 +279,7 @@ class ImapConnector(Connector):
     # --- check --------------------------------------------------------------------------------
 
     def check(self) -> str:
-        with self._session() as conn, self._errors():
+        with self._session() as conn:
             selected = self._select(conn, self.options.mailbox, readonly=True)
         o = self.options
         return f"{o.username} at {o.host}:{o.effective_port}, {o.mailbox}: {selected.count} messages"
@@ -294,7 +296,7 @@ class ImapConnector(Connector):
 
     def pull(self, cursor: str | None) -> PullPage:
         seen_validity, last_uid = self._parse_cursor(cursor)
-        with self._session() as conn, self._errors():
+        with self._session() as conn:
             validity = self._select(conn, self.options.mailbox, readonly=True).uidvalidity
             if seen_validity is not None and seen_validity != validity:
                 log.warning(
@@ -454,7 +456,7 @@ class ImapConnector(Connector):
 
     def push(self, write_back: WriteBack) -> WriteBackReceipt:
         root = write_back.ticket_external_id
-        with self._session() as conn, self._errors():
+        with self._session() as conn:
             selected = self._select(conn, self.options.mailbox, readonly=False)
             thread, flags = self._thread_of(conn, root)
             tags_applied = []

@@ -22,10 +22,15 @@ from email.mime.text import MIMEText
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from connectors.base import ConfigError, NotFound, SourceTimeout, WriteBack
 from connectors.email_message import parse_mail
 from connectors.imap import ImapConnector, ImapOptions, from_config, imap_utf7
+from db.ingest import ingest_tickets
+from db.models import Message as DbMessage
+from db.models import Ticket
 from tests.support.connector_contract import ConnectorContract, SourceHarness, pull_all
 from tests.support.imap_server import DovecotServer, ImapAccount, running_dovecot
 
@@ -553,3 +558,28 @@ def test_parse_mail_never_raises_on_nonsense() -> None:
     mail = parse_mail(b"\x00\xff\r\n\r\n\r\n")
     assert mail.synthetic_id and not mail.has_headers
     assert "\x00" not in mail.body.text, "PostgreSQL text cannot hold NUL"
+
+
+# --- into the store -----------------------------------------------------------------------------
+
+
+def test_pages_and_a_full_reread_ingest_into_one_thread(harness: ImapHarness, db_session: Session) -> None:
+    """A thread split over pages lands as one ticket; re-reading everything (what a UIDVALIDITY change
+    does) adds nothing: ingest is idempotent by Message-ID. Real PostgreSQL."""
+    root = harness.create_ticket(subject="Lost parcel", text="Parcel 12 never came")
+    harness.add_customer_message(root, "Hello? Still nothing.")
+    harness.add_customer_message(root, "注文した商品がまだ届きません")
+    connector = harness.connector(page_size=1)
+    pages, _ = pull_all(connector)
+    assert len(pages) == 3
+    for page in pages:
+        ingest_tickets(db_session, page.items, default_source="mail", source_kind="imap")
+    again = [item for page in pull_all(connector)[0] for item in page.items]
+    result = ingest_tickets(db_session, again, default_source="mail", source_kind="imap")
+    assert result.new_message_ids == []
+    ticket_ids = db_session.scalars(select(Ticket.id).where(Ticket.external_id == root)).all()
+    assert len(ticket_ids) == 1
+    bodies = db_session.scalars(
+        select(DbMessage.body).where(DbMessage.ticket_id == ticket_ids[0]).order_by(DbMessage.position)
+    ).all()
+    assert bodies == ["Parcel 12 never came", "Hello? Still nothing.", "注文した商品がまだ届きません"]
