@@ -79,6 +79,7 @@ class ImapOptions(BaseModel):
     port: int | None = Field(default=None, ge=1, le=65535, description="default 993 with ssl, else 143")
     ssl: bool = True
     starttls: bool = Field(default=False, description="upgrade a plain connection with STARTTLS")
+    ca_file: str | None = Field(default=None, description="PEM of a private CA to trust besides the system's")
     username: str = Field(min_length=1)
     password_env: str | None = None
     mailbox: str = "INBOX"
@@ -106,13 +107,28 @@ ConnectionFactory = Callable[[ImapOptions], imaplib.IMAP4]
 def default_connect(options: ImapOptions) -> imaplib.IMAP4:
     """TLS (certificate verified) or plain TCP, optionally upgraded with STARTTLS."""
     context = ssl.create_default_context()
+    if options.ca_file:
+        try:
+            context.load_verify_locations(cafile=options.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"ca_file {options.ca_file!r} cannot be loaded: {exc}") from exc
     if options.ssl:
         return imaplib.IMAP4_SSL(
             options.host, options.effective_port, ssl_context=context, timeout=options.timeout_seconds
         )
     conn = imaplib.IMAP4(options.host, options.effective_port, timeout=options.timeout_seconds)
     if options.starttls:
-        conn.starttls(ssl_context=context)
+        try:
+            conn.starttls(ssl_context=context)
+        except imaplib.IMAP4.abort:
+            conn.shutdown()
+            raise
+        except imaplib.IMAP4.error as exc:  # the server offers no STARTTLS: the options are wrong
+            conn.shutdown()
+            raise ConfigError(f"STARTTLS refused by {options.host}: {exc}") from exc
+        except BaseException:
+            conn.shutdown()
+            raise
     return conn
 
 

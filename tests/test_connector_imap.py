@@ -50,9 +50,10 @@ class ImapHarness(SourceHarness):
     supports_faults = False  # a real Dovecot cannot be told to answer 429
     supports_labels = True  # tags become IMAP keywords on the thread's messages
 
-    def __init__(self, account: ImapAccount) -> None:
+    def __init__(self, account: ImapAccount, server: DovecotServer) -> None:
         super().__init__()
         self.account = account
+        self.server = server
 
     def connector(self, *, valid_credentials: bool = True, **overrides: object) -> ImapConnector:
         options = {
@@ -183,7 +184,7 @@ def dovecot() -> Iterator[DovecotServer]:
 
 @pytest.fixture
 def harness(dovecot: DovecotServer) -> ImapHarness:
-    return ImapHarness(dovecot.new_account())
+    return ImapHarness(dovecot.new_account(), dovecot)
 
 
 class TestImapContract(ConnectorContract):
@@ -520,6 +521,33 @@ def test_refused_connection_is_a_source_timeout(harness: ImapHarness) -> None:
         closed_port = sock.getsockname()[1]
     with pytest.raises(SourceTimeout):
         harness.connector(port=closed_port).pull(None)
+
+
+def _needs_tls(harness: ImapHarness) -> str:
+    if harness.server.cert is None:
+        pytest.skip("openssl is not installed: the test server has no certificate")
+    return str(harness.server.cert)
+
+
+def test_tls_with_a_private_ca(harness: ImapHarness) -> None:
+    ca_file = _needs_tls(harness)
+    harness.create_ticket(subject="tls", text="over TLS")
+    connector = harness.connector(ssl=True, port=harness.server.tls_port, ca_file=ca_file)
+    assert "1 messages" in connector.check()
+    assert len(pull_all(connector)[0][0].items) == 1
+
+
+def test_starttls_upgrades_the_plain_port(harness: ImapHarness) -> None:
+    ca_file = _needs_tls(harness)
+    assert "INBOX" in harness.connector(starttls=True, ca_file=ca_file).check()
+
+
+def test_untrusted_certificate_is_a_config_error(harness: ImapHarness) -> None:
+    _needs_tls(harness)
+    with pytest.raises(ConfigError, match="certificate"):
+        harness.connector(ssl=True, port=harness.server.tls_port).check()
+    with pytest.raises(ConfigError, match="ca_file"):
+        harness.connector(ssl=True, port=harness.server.tls_port, ca_file="/no/such/ca.pem").check()
 
 
 # --- configuration ------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ base_dir = {base}/run
 state_dir = {base}/state
 instance_name = tf-dovecot-{port}
 log_path = {base}/dovecot.log
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -102,11 +102,18 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 {login_chroot}
 }}
-{anvil}
+# No auth penalty (2, 4, 8 s… per failed login from one IP): the bad-password tests would wait for it.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+{anvil_chroot}
+}}
 namespace inbox {{
   inbox = yes
   separator = /
@@ -127,6 +134,9 @@ class DovecotServer:
         self.binary = binary
         self.host = "127.0.0.1"
         self.port = 0
+        self.tls_port = 0
+        self.cert: Path | None = None
+        self.key: Path | None = None
         self.base = Path(tempfile.mkdtemp(prefix="tf-dovecot-"))
         self.process: subprocess.Popen[bytes] | None = None
         root = os.geteuid() == 0
@@ -144,14 +154,35 @@ class DovecotServer:
             internal_user="dovecot" if self._root else me,
             login_user="dovenull" if self._root else me,
             login_chroot="" if self._root else "  chroot =",
-            anvil="" if self._root else "service anvil {\n  chroot =\n}",
+            anvil_chroot="" if self._root else "  chroot =",
+            tls_port=self.tls_port,
+            ssl=f"ssl = yes\nssl_cert = <{self.cert}\nssl_key = <{self.key}" if self.cert else "ssl = no",
         )
+
+    def _make_certificate(self) -> None:
+        # A self-signed certificate for 127.0.0.1, for the TLS and STARTTLS tests; without openssl the
+        # server runs plain-only and those tests skip.
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            return
+        cert, key = self.base / "cert.pem", self.base / "key.pem"
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        self.cert, self.key = cert, key
 
     def start(self, attempts: int = 3) -> None:
         for name in ("run", "state", "homes", "users"):
             (self.base / name).mkdir(exist_ok=True)
+        self._make_certificate()
         for attempt in range(attempts):
             self.port = _free_port()
+            self.tls_port = 0
+            while self.cert and self.tls_port in (0, self.port):
+                self.tls_port = _free_port()
             (self.base / "dovecot.conf").write_text(self._config())
             log = (self.base / "stderr.log").open("ab")
             self.process = subprocess.Popen(
