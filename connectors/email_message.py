@@ -69,6 +69,7 @@ class ParsedMail:
     locale: str | None
     body: BodyText
     has_headers: bool = True
+    automatic: str | None = None  # why this is an automatic message (auto-reply, bounce), else None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -106,6 +107,18 @@ def _locale(raw: object) -> str | None:
     return first if first and LOCALE.match(first) and len(first) <= 35 else None
 
 
+def _automatic(message: email.message.Message) -> str | None:
+    """Out-of-office replies and bounces say so (RFC 3834 Auto-Submitted, RFC 6522 reports)."""
+    auto = str(message.get("Auto-Submitted") or "").strip().lower()
+    if auto and not auto.startswith("no"):
+        return f"Auto-Submitted: {auto}"
+    if message.get_content_type() == "multipart/report":
+        return "a delivery or read report (multipart/report)"
+    if str(message.get("Precedence") or "").strip().lower() == "auto_reply" or message.get("X-Autoreply"):
+        return "an auto-reply (Precedence/X-Autoreply)"
+    return None
+
+
 def parse_mail(raw: bytes, *, received_at: datetime | None = None) -> ParsedMail:
     """Parse one message; never raises for malformed headers or bodies (problems go to ``notes``)."""
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
@@ -132,5 +145,6 @@ def parse_mail(raw: bytes, *, received_at: datetime | None = None) -> ParsedMail
         locale=_locale(message.get("Content-Language")),
         body=body,
         has_headers=bool(message.keys()),
+        automatic=_automatic(message),
         notes=notes,
     )

@@ -373,6 +373,9 @@ class ImapConnector(Connector):
             if not mail.has_headers:
                 rejected.append((f"uid {uid}", "not an e-mail: no header fields before the body"))
                 continue
+            if mail.automatic:
+                rejected.append((f"uid {uid} {mail.message_id}", f"not triaged: {mail.automatic}"))
+                continue
             if not mail.body.text.strip():
                 what = ", ".join(mail.body.attachments) or "no parts"
                 defects = f"; defects: {', '.join(mail.body.notes)}" if mail.body.notes else ""

@@ -409,6 +409,29 @@ def test_malformed_messages_are_rejected_without_stopping_the_page(harness: Imap
     assert synthetic[0] in [item.external_id for item in pull_all(connector)[0][0].items]
 
 
+def test_automatic_replies_are_reported_not_triaged(harness: ImapHarness) -> None:
+    root = harness.create_ticket(subject="Refund", text="refund please")
+    out_of_office = harness.mail("I am away until Monday.", in_reply_to=root, references=[root])
+    out_of_office["Auto-Submitted"] = "auto-replied"
+    harness.append(out_of_office)
+    bounce = _raw(
+        {
+            "From": "MAILER-DAEMON@mx.example",
+            "Message-ID": _new_id(),
+            "Content-Type": 'multipart/report; report-type=delivery-status; boundary="b"',
+        },
+        b"--b\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n--b--\r\n",
+    )
+    harness.append(bounce)
+    [page] = pull_all(harness.connector(page_size=10))[0]
+    assert [[m.text for m in item.messages] for item in page.items] == [["refund please"]]
+    reasons = sorted(reason for _, reason in page.rejected)
+    assert reasons == [
+        "not triaged: Auto-Submitted: auto-replied",
+        "not triaged: a delivery or read report (multipart/report)",
+    ]
+
+
 def test_cursor_resumes_and_uidvalidity_change_restarts(harness: ImapHarness) -> None:
     conn = harness.account.login()
     assert conn.create(_mailbox_arg("Support"))[0] == "OK"
