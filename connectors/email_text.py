@@ -26,8 +26,6 @@ SUPERSET_CHARSETS = {
     "iso-8859-1": "cp1252",
     "latin1": "cp1252",
     "latin-1": "cp1252",
-    "us-ascii": "cp1252",  # 8-bit bytes under a us-ascii label are nearly always Windows text
-    "ascii": "cp1252",
     "iso-8859-9": "cp1254",
     "gb2312": "gbk",
     "euc-kr": "cp949",
@@ -41,17 +39,20 @@ def decode_bytes(data: bytes, charset: str | None) -> tuple[str, str | None]:
 
     No charset: UTF-8 if it decodes cleanly, else Windows-1252 (what unlabelled 8-bit mail usually is).
     """
-    if not charset:
+    label = (charset or "").strip().strip('"').lower()
+    if label in ("", "us-ascii", "ascii"):
+        # Unlabelled, or labelled 7-bit but carrying 8-bit bytes: UTF-8 when valid, else Windows text.
         try:
             return data.decode("utf-8"), None
         except UnicodeDecodeError:
             return data.decode("cp1252", errors="replace"), None
-    label = charset.strip().strip('"').lower()
     codec = SUPERSET_CHARSETS.get(label, label)
     problem = None
     try:
-        codecs.lookup(codec)
-    except LookupError:
+        # A label such as "base64" or "zlib" names a codec, but not a text encoding: bytes.decode refuses it.
+        if not codecs.lookup(codec)._is_text_encoding:
+            raise LookupError(codec)
+    except (LookupError, ValueError):  # ValueError: a label with a NUL in it
         problem = f"unknown charset {charset!r}, decoded as UTF-8 with replacements"
         codec = "utf-8"
     try:

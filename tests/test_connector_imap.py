@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from connectors.base import ConfigError, NotFound, SourceTimeout, WriteBack
 from connectors.email_message import parse_mail
+from connectors.email_text import decode_bytes
 from connectors.imap import ImapConnector, ImapOptions, from_config, imap_utf7
 from db.ingest import ingest_tickets
 from db.models import Message as DbMessage
@@ -603,6 +604,18 @@ def test_imap_utf7_mailbox_names() -> None:
     assert imap_utf7("Entwürfe") == "Entw&APw-rfe"
     assert imap_utf7("A&B") == "A&-B"
     assert imap_utf7("下書き") == "&Tgtm+DBN-"
+
+
+@pytest.mark.parametrize("label", ["base64", "rot13", "zlib", "no-such-thing", "utf-8\x00"])
+def test_a_charset_label_that_is_no_text_encoding_never_raises(label: str) -> None:
+    text, problem = decode_bytes("café".encode(), label)
+    assert text == "café" and problem is not None and "unknown charset" in problem
+
+
+def test_unlabelled_and_us_ascii_bytes_are_utf8_else_windows_1252() -> None:
+    assert decode_bytes("café".encode(), None) == ("café", None)
+    assert decode_bytes("café".encode(), "us-ascii") == ("café", None)
+    assert decode_bytes("café – 5€".encode("cp1252"), None) == ("café – 5€", None)
 
 
 def test_parse_mail_never_raises_on_nonsense() -> None:
