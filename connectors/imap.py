@@ -400,10 +400,12 @@ class ImapConnector(Connector):
             if not refs:
                 return current.message_id
             oldest = refs[0]
-            if oldest in known:
-                return known[oldest]
-            if current.references:  # References lists the root first: no need to walk parents
+            # References lists the root first. Trusting it as written (not a root found for it in
+            # this page) keeps the key the same however the thread's messages fall into pages.
+            if current.references:
                 return oldest
+            if oldest in known:  # the parent is in this page: its root, found by these same rules
+                return known[oldest]
             parent = self._lookup(conn, oldest)
             if parent is None:
                 return oldest  # root unknown here: the oldest reference keys the thread

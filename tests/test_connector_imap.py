@@ -238,6 +238,12 @@ def test_threads_by_references_and_in_reply_to_across_pages(harness: ImapHarness
     assert thread[0].external_id == root
     assert [m.text for m in tickets[orphan_root]] == ["Reply to an old thread"]
     assert all(page.rejected == [] for page in pages)
+    # However the messages fall into pages, each lands in the same thread.
+    for page_size in (1, 4, 10):
+        regrouped = _tickets(pull_all(harness.connector(page_size=page_size))[0])
+        assert {k: [m.external_id for m in v] for k, v in regrouped.items()} == {
+            k: [m.external_id for m in v] for k, v in tickets.items()
+        }, f"page_size={page_size}"
 
 
 def test_requester_subject_and_locale_hint(harness: ImapHarness) -> None:
