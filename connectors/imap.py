@@ -412,18 +412,33 @@ class ImapConnector(Connector):
             current = parent
         return current.message_id
 
-    def _lookup(self, conn: imaplib.IMAP4, message_id: str) -> ParsedMail | None:
+    def _lookup(self, conn: imaplib.IMAP4, message_id: str, *, whole: bool = False) -> ParsedMail | None:
+        """The mailbox's message with this Message-ID: its threading headers, or ``whole`` message."""
         try:
             criteria = quoted(message_id)
         except ValueError:
             return None
         uids = _uids(self._uid(conn, "SEARCH", "HEADER", "Message-ID", criteria))
-        if not uids:
-            return None
-        fields = "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID REFERENCES IN-REPLY-TO)])"
-        for _, raw in _fetch_literals(self._uid(conn, "FETCH", str(uids[0]), fields)).values():
-            return parse_mail(raw)
+        fields = (
+            "(BODY.PEEK[])" if whole else "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID REFERENCES IN-REPLY-TO)])"
+        )
+        for uid in uids:  # SEARCH HEADER matches substrings: take the exact one
+            for _, raw in _fetch_literals(self._uid(conn, "FETCH", str(uid), fields)).values():
+                mail = parse_mail(raw)
+                if mail.message_id == message_id:
+                    return mail
         return None
+
+    def _with_customer_root(
+        self, conn: imaplib.IMAP4, root: str, thread: list[ParsedMail]
+    ) -> list[ParsedMail]:
+        """An agent-only slice of a thread, led by the thread's customer root message from the mailbox
+        (ingest already has it, and skips it): without it the agent messages could not be ingested, and
+        whether they were would depend on how the thread fell into pages."""
+        found = self._lookup(conn, root, whole=True)
+        if found is None or self._is_agent(found) or not found.body.text.strip() or found.automatic:
+            return thread
+        return [found, *thread]
 
     def _threads(
         self, conn: imaplib.IMAP4, mails: dict[int, ParsedMail], rejected: list[tuple[str, str]]
@@ -441,10 +456,13 @@ class ImapConnector(Connector):
         for root, thread in threads.items():
             customers = [m for m in thread if not self._is_agent(m)]
             if not customers:
+                thread = self._with_customer_root(conn, root, thread)
+                customers = [m for m in thread if not self._is_agent(m)]
+            if not customers:
                 rejected.append(
                     (
                         f"thread {root}",
-                        "only messages from the support address in this page: nothing to triage",
+                        "only messages from the support address, and no customer message starts the thread",
                     )
                 )
                 continue

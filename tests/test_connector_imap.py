@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from connectors.base import ConfigError, NotFound, SourceTimeout, WriteBack
+from connectors.base import ConfigError, NotFound, PullPage, SourceTimeout, WriteBack
 from connectors.email_message import parse_mail
 from connectors.email_text import decode_bytes
 from connectors.imap import ImapConnector, ImapOptions, from_config, imap_utf7
@@ -34,6 +34,7 @@ from db.models import Message as DbMessage
 from db.models import Ticket
 from tests.support.connector_contract import ConnectorContract, SourceHarness, pull_all
 from tests.support.imap_server import DovecotServer, ImapAccount, running_dovecot
+from ticketfleet.inbound import InboundMessage
 
 SUPPORT = "support@shop.example"
 
@@ -195,11 +196,14 @@ class TestImapContract(ConnectorContract):
 # --- threads ------------------------------------------------------------------------------------
 
 
-def _tickets(pages: list) -> dict:  # type: ignore[type-arg]
-    merged: dict = {}  # type: ignore[type-arg]
+def _tickets(pages: list[PullPage]) -> dict[str, list[InboundMessage]]:
+    """Threads as ingest stores them: pages merged by ticket, a message seen again skipped."""
+    merged: dict[str, list[InboundMessage]] = {}
     for page in pages:
         for item in page.items:
-            merged.setdefault(item.external_id, []).extend(item.messages)
+            thread = merged.setdefault(item.external_id, [])
+            seen = {m.external_id for m in thread}
+            thread.extend(m for m in item.messages if m.external_id not in seen)
     return merged
 
 
@@ -267,6 +271,20 @@ def test_agent_only_thread_is_reported_not_ingested(harness: ImapHarness) -> Non
     [page] = pull_all(harness.connector())[0]
     assert page.items == []
     assert len(page.rejected) == 1 and "support address" in page.rejected[0][1]
+
+
+def test_agent_reply_alone_in_a_page_comes_with_its_customer_root(harness: ImapHarness) -> None:
+    root = harness.create_ticket(subject="Late", text="Where is it?")
+    connector = harness.connector(page_size=1)
+    _, cursor = pull_all(connector)
+    harness.append(harness.mail("On its way.", sender=SUPPORT, in_reply_to=root, references=[root]))
+    [page] = pull_all(connector, cursor)[0]
+    [ticket] = page.items
+    assert ticket.external_id == root
+    assert [(m.role, m.text) for m in ticket.messages] == [
+        ("customer", "Where is it?"),
+        ("agent", "On its way."),
+    ]
 
 
 # --- MIME and charsets -----------------------------------------------------------------------------
