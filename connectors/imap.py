@@ -321,7 +321,9 @@ class ImapConnector(Connector):
                 )  # fmt: skip
                 last_uid = 0
             # "UID n:*" also matches the highest UID when n is above it: filter, never trust the range.
-            uids = [u for u in _uids(self._uid(conn, "SEARCH", f"UID {last_uid + 1}:*")) if u > last_uid]
+            # Mail an agent already deleted (flagged, not yet expunged) is not worth triaging.
+            found = self._uid(conn, "SEARCH", f"UID {last_uid + 1}:*", "UNDELETED")
+            uids = [u for u in _uids(found) if u > last_uid]
             page_uids = uids[: self.options.page_size]
             if not page_uids:
                 return PullPage(cursor=f"{validity}:{last_uid}", has_more=False)

@@ -486,6 +486,14 @@ def test_bad_cursor_is_a_config_error(harness: ImapHarness) -> None:
         harness.connector().pull("yesterday")
 
 
+def test_mail_deleted_before_the_pull_is_skipped(harness: ImapHarness) -> None:
+    harness.append(harness.mail("spam spam spam"), flags="(\\Deleted)")
+    kept = harness.create_ticket(subject="real", text="a real question")
+    pages, cursor = pull_all(harness.connector())
+    assert [i.external_id for p in pages for i in p.items] == [kept]
+    assert cursor is not None and cursor.endswith(":2")
+
+
 def test_pull_does_not_mark_mail_read(harness: ImapHarness) -> None:
     harness.create_ticket(subject="unread", text="please keep me unread")
     pull_all(harness.connector())
