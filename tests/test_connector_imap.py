@@ -12,6 +12,7 @@ import email.policy
 import imaplib
 import logging
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -150,16 +151,16 @@ class ImapHarness(SourceHarness):
         return message.get("Message-ID") == external_id or external_id in linked
 
     @staticmethod
-    def _body(message: Message) -> str:
+    def body_of(message: Message) -> str:
         part = message.get_body(preferencelist=("plain",))  # type: ignore[attr-defined]
         return str(part.get_content()).replace("\r\n", "\n") if part is not None else ""
 
     def notes(self, external_id: str) -> list[str]:
-        return [self._body(m) for _, _, m in self.messages("Drafts") if self._in_thread(m, external_id)]
+        return [self.body_of(m) for _, _, m in self.messages("Drafts") if self._in_thread(m, external_id)]
 
     def public_replies(self, external_id: str) -> list[str]:
         return [
-            self._body(m)
+            self.body_of(m)
             for box in ("INBOX", "Sent")
             for _, _, m in self.messages(box)
             if SUPPORT in str(m.get("From", "")) and self._in_thread(m, external_id)
@@ -525,7 +526,7 @@ def test_draft_is_a_reply_in_drafts_with_key_and_draft_flag(harness: ImapHarness
     newest = harness.messages("INBOX")[-1][2]["Message-ID"]
     assert draft["In-Reply-To"] == newest
     assert draft["References"].split() == [root, newest]
-    assert harness._body(draft).strip() == f"Draft: sorry about the kettle.\n\n{write_back.marker}"
+    assert harness.body_of(draft).strip() == f"Draft: sorry about the kettle.\n\n{write_back.marker}"
     assert receipt.note_id == draft["Message-ID"]
     assert harness.messages("Sent") == [], "a draft is never sent"
 
@@ -570,8 +571,6 @@ def test_missing_mailbox_is_a_config_error(harness: ImapHarness) -> None:
 
 
 def test_refused_connection_is_a_source_timeout(harness: ImapHarness) -> None:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
