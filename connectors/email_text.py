@@ -237,6 +237,9 @@ def _decoded_part(part: Message, body: BodyText) -> str:
 def _walk(part: Message, body: BodyText) -> tuple[str, str]:
     """(text, kind) for one part, recursively; attachments and non-text parts are listed, not read."""
     ctype = part.get_content_type()
+    if _is_attachment(part) or ctype == "message/rfc822":  # a forwarded mail is quoted material too
+        body.attachments.append(part.get_filename() or ctype)
+        return "", ""
     if part.is_multipart():
         subparts = [p for p in part.get_payload() if isinstance(p, Message)]
         if ctype == "multipart/alternative":
@@ -252,9 +255,6 @@ def _walk(part: Message, body: BodyText) -> tuple[str, str]:
             return "", ""
         kind = "plain" if any(k == "plain" for _, k in found) else "html"
         return "\n\n".join(t.strip() for t, _ in found), kind
-    if _is_attachment(part) or not ctype.startswith("text/"):
-        body.attachments.append(part.get_filename() or ctype)
-        return "", ""
     if ctype == "text/plain":
         return _decoded_part(part, body), "plain"
     if ctype == "text/html":

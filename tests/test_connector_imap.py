@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage, Message
 from email.mime.application import MIMEApplication
+from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
@@ -361,6 +362,9 @@ def test_multipart_html_and_charsets(harness: ImapHarness, caplog: pytest.LogCap
         MIMEText("Invoice attached.\n\nOn Tue, Shop <support@shop.example> wrote:\n> old answer\n", "plain")
     )
     mixed.attach(MIMEApplication(b"%PDF-1.4", "pdf", Name="invoice.pdf"))
+    forwarded = MIMEText("Text of an older, forwarded mail.", "plain")
+    forwarded["Subject"] = "Fwd: old"
+    mixed.attach(MIMEMessage(forwarded))  # inline message/rfc822: quoted material, not the message
     mixed["Message-ID"] = attach_id
     mixed["From"] = "c@example.com"
     mixed["Subject"] = "attachment"
