@@ -72,7 +72,9 @@ class AuditTrail:
             }
         )
 
-    def state_change(self, event_type: str, item_id: int, before: str | None, after: str, **data: Any) -> None:
+    def state_change(
+        self, event_type: str, item_id: int, before: str | None, after: str, **data: Any
+    ) -> None:
         """A work-item state change."""
         self.add(
             event_type,

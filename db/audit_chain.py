@@ -153,10 +153,14 @@ def verify_chain(
             linked_seq = recent.get(prev_hash_stored)
             original = None if linked_seq is None else linked_seq + 1
             if original is not None and original != row.seq and row_hash(seq=original, **content) == stored:
-                findings.append(named("moved", f"row was chained as seq {original}, now sits at seq {row.seq}"))
+                findings.append(
+                    named("moved", f"row was chained as seq {original}, now sits at seq {row.seq}")
+                )
             else:
                 findings.append(
-                    named("edited", "content does not match its row_hash (a column was changed after chaining)")
+                    named(
+                        "edited", "content does not match its row_hash (a column was changed after chaining)"
+                    )
                 )
         if prev_hash_stored != prev_hash:
             linked_seq = recent.get(prev_hash_stored)
@@ -164,7 +168,9 @@ def verify_chain(
                 first = linked_seq + 1
                 span = f"seq {first}" + (f"–{prev_seq}" if prev_seq > first else "")
                 findings.append(
-                    named("inserted", f"prev_hash links to seq {linked_seq}: {span} was inserted into the chain")
+                    named(
+                        "inserted", f"prev_hash links to seq {linked_seq}: {span} was inserted into the chain"
+                    )
                 )
             elif not gap:
                 findings.append(
@@ -200,7 +206,8 @@ def verify_chain(
                 seq=None,
                 id=None,
                 problem="head",
-                detail=f"audit_chain_head (seq {head_seq}, {head_hash.hex()[:16]}…) does not match the last row "
+                detail=f"audit_chain_head (seq {head_seq}, {head_hash.hex()[:16]}…) "
+                f"does not match the last row "
                 f"(seq {prev_seq}, {prev_hash.hex()[:16]}…)",
             )
         )
@@ -223,7 +230,9 @@ class ChainHead(BaseModel):
         return f"{HEAD_TAG};{self.seq};{self.row_hash};{self.occurred_at};{self.signed_at}".encode()
 
     def signed(self, key: bytes) -> ChainHead:
-        return self.model_copy(update={"hmac_sha256": hmac.new(key, self.message(), hashlib.sha256).hexdigest()})
+        return self.model_copy(
+            update={"hmac_sha256": hmac.new(key, self.message(), hashlib.sha256).hexdigest()}
+        )
 
     def signature_valid(self, key: bytes) -> bool:
         expected = hmac.new(key, self.message(), hashlib.sha256).hexdigest()
@@ -237,7 +246,12 @@ def read_head(conn: Connection) -> ChainHead:
     now = datetime.now(UTC).isoformat()
     if row is None:
         return ChainHead(seq=0, row_hash=GENESIS_HASH.hex(), occurred_at=None, signed_at=now)
-    return ChainHead(seq=row.seq, row_hash=bytes(row.row_hash).hex(), occurred_at=row.occurred_at.isoformat(), signed_at=now)
+    return ChainHead(
+        seq=row.seq,
+        row_hash=bytes(row.row_hash).hex(),
+        occurred_at=row.occurred_at.isoformat(),
+        signed_at=now,
+    )
 
 
 def check_anchor(conn: Connection, anchor: ChainHead) -> Finding | None:
@@ -245,7 +259,9 @@ def check_anchor(conn: Connection, anchor: ChainHead) -> Finding | None:
     given that :func:`verify_chain` found the links sound). None when it does."""
     if anchor.seq == 0:
         return None
-    row = conn.execute(text("SELECT id, row_hash FROM audit_events WHERE seq = :s"), {"s": anchor.seq}).first()
+    row = conn.execute(
+        text("SELECT id, row_hash FROM audit_events WHERE seq = :s"), {"s": anchor.seq}
+    ).first()
     if row is None:
         return Finding(
             seq=anchor.seq, id=None, problem="anchor", detail="the anchored row is no longer in the chain"
@@ -255,7 +271,8 @@ def check_anchor(conn: Connection, anchor: ChainHead) -> Finding | None:
             seq=anchor.seq,
             id=row.id,
             problem="anchor",
-            detail=f"hash {bytes(row.row_hash).hex()[:16]}… differs from the anchored {anchor.row_hash[:16]}…: "
+            detail=f"hash {bytes(row.row_hash).hex()[:16]}… differs from the anchored "
+            f"{anchor.row_hash[:16]}…: "
             "the chain up to the anchor was rewritten",
         )
     return None

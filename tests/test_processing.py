@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select, update
 
+from db.audit import AuditTrail
 from db.ingest import ingest_tickets
 from db.models import AuditEvent, Draft, ItemState, TriageResult, WorkItem
 from db.session import transaction
@@ -19,8 +20,10 @@ def _enqueue(url: str, texts: list[str], lane: str = "tickets") -> list[int]:
     with transaction(url) as s:
         tickets = [InboundTicket(external_id=f"T-{i}", text=t) for i, t in enumerate(texts)]
         result = ingest_tickets(s, tickets, default_source="test", source_kind="test")
-        ids = create_work_items(s, result.new_customer_message_ids, lane)
-        mark_queued(s, ids)
+        audit = AuditTrail("test")
+        ids = create_work_items(s, result.new_customer_message_ids, lane, audit=audit)
+        mark_queued(s, ids, audit=audit)
+        audit.write(s)
     return ids
 
 

@@ -12,7 +12,9 @@ from rich.console import Console
 
 from ticketfleet.settings import Settings, get_settings
 
-audit_app = typer.Typer(help="Tamper-evident audit log: verify the chain, sign its head.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="Tamper-evident audit log: verify the chain, sign its head.", no_args_is_help=True
+)
 console = Console(stderr=True)
 MIN_KEY_CHARS = 16
 SHOWN_FINDINGS = 50
@@ -39,7 +41,9 @@ def hmac_key(settings: Settings) -> bytes:
         )
     key = settings.audit_hmac_key.get_secret_value()
     if len(key) < MIN_KEY_CHARS:
-        raise _fail(f"TICKETFLEET_AUDIT_HMAC_KEY is too short ({len(key)} characters; need ≥ {MIN_KEY_CHARS}).")
+        raise _fail(
+            f"TICKETFLEET_AUDIT_HMAC_KEY is too short ({len(key)} characters; need ≥ {MIN_KEY_CHARS})."
+        )
     return key.encode()
 
 
