@@ -125,7 +125,8 @@ def verify_chain(
     """Recompute the whole chain. Run it in one REPEATABLE READ transaction (see :func:`snapshot`) so
     rows and head are read at one instant while the fleet keeps writing."""
     report = VerifyReport()
-    recent: OrderedDict[bytes, int] = OrderedDict({GENESIS_HASH: 0})
+    # row_hash → (seq it was chained as, seq it sits at now), for the most recent rows.
+    recent: OrderedDict[bytes, tuple[int, int]] = OrderedDict({GENESIS_HASH: (0, 0)})
     prev_seq, prev_hash, prev_id = 0, GENESIS_HASH, None
     findings = report.findings
     for row in _rows(conn, chunk_size):
@@ -149,10 +150,12 @@ def verify_chain(
         if gap:
             missing = f"seq {prev_seq + 1}" + (f"–{row.seq - 1}" if row.seq - 1 > prev_seq + 1 else "")
             findings.append(named("deleted", f"{missing} missing before this row"))
+        chained_seq = row.seq  # the seq this row's hash was computed with, when it can be told
         if row_hash(seq=row.seq, **content) != stored:
-            linked_seq = recent.get(prev_hash_stored)
-            original = None if linked_seq is None else linked_seq + 1
+            linked = recent.get(prev_hash_stored)
+            original = None if linked is None else linked[0] + 1
             if original is not None and original != row.seq and row_hash(seq=original, **content) == stored:
+                chained_seq = original
                 findings.append(
                     named("moved", f"row was chained as seq {original}, now sits at seq {row.seq}")
                 )
@@ -163,13 +166,13 @@ def verify_chain(
                     )
                 )
         if prev_hash_stored != prev_hash:
-            linked_seq = recent.get(prev_hash_stored)
-            if linked_seq is not None and linked_seq < prev_seq:
-                first = linked_seq + 1
+            linked = recent.get(prev_hash_stored)
+            if linked is not None and linked[1] < prev_seq:
+                first = linked[1] + 1
                 span = f"seq {first}" + (f"–{prev_seq}" if prev_seq > first else "")
                 findings.append(
                     named(
-                        "inserted", f"prev_hash links to seq {linked_seq}: {span} was inserted into the chain"
+                        "inserted", f"prev_hash links to seq {linked[1]}: {span} was inserted into the chain"
                     )
                 )
             elif not gap:
@@ -180,7 +183,7 @@ def verify_chain(
                         "with a new hash, or rows between were deleted and renumbered",
                     )
                 )
-        recent[stored] = row.seq
+        recent[stored] = (chained_seq, row.seq)
         if len(recent) > _RECENT_HASHES:
             recent.popitem(last=False)
         prev_seq, prev_hash, prev_id = row.seq, stored, row.id

@@ -15,7 +15,7 @@ from ticketfleet.settings import Settings, get_settings
 audit_app = typer.Typer(
     help="Tamper-evident audit log: verify the chain, sign its head.", no_args_is_help=True
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # findings stay one line each, for grep and logs
 MIN_KEY_CHARS = 16
 SHOWN_FINDINGS = 50
 

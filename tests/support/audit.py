@@ -31,3 +31,20 @@ def truncate_tables(conn: Connection, tables: Iterable[str]) -> None:
     """TRUNCATE the tables (audit_events and audit_chain_head included) in the caller's transaction."""
     with audit_triggers_suspended(conn):
         conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+
+
+def insert_events(database_url: str, actor: str, count: int, batch: int) -> int:
+    """Write ``count`` events in committed batches of ``batch``, as a worker process does. Runs in a
+    child process (importable, picklable arguments); returns how many it wrote."""
+    from db.audit import AuditTrail
+    from db.session import dispose_engines, transaction
+
+    written = 0
+    while written < count:
+        with transaction(database_url) as session:
+            trail = AuditTrail(actor)
+            for i in range(written, min(count, written + batch)):
+                trail.state_change("item.done", i, "processing", "done")
+            written += trail.write(session)
+    dispose_engines()
+    return written
