@@ -30,6 +30,8 @@ HEAD_TAG = "tf-audit-head-v1"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # How many recent hashes verify remembers to explain a broken link (which row a prev_hash points to).
 _RECENT_HASHES = 100_000
+# How far from its current seq verify looks for the seq a moved row was chained as.
+_NEARBY = 8
 
 
 def _field(value: str | None) -> bytes:
@@ -80,7 +82,7 @@ class Finding(BaseModel):
 
     seq: int | None
     id: int | None
-    problem: str  # edited | moved | deleted | inserted | replaced | tail | head
+    problem: str  # edited | moved | reordered | deleted | inserted | replaced | tail | head | anchor
     detail: str
 
     def describe(self) -> str:
@@ -127,7 +129,7 @@ def verify_chain(
     report = VerifyReport()
     # row_hash → (seq it was chained as, seq it sits at now), for the most recent rows.
     recent: OrderedDict[bytes, tuple[int, int]] = OrderedDict({GENESIS_HASH: (0, 0)})
-    prev_seq, prev_hash, prev_id = 0, GENESIS_HASH, None
+    prev_seq, prev_hash, prev_id, prev_chained = 0, GENESIS_HASH, None, 0
     findings = report.findings
     for row in _rows(conn, chunk_size):
         prev_hash_stored, stored = bytes(row.prev_hash), bytes(row.row_hash)
@@ -152,9 +154,8 @@ def verify_chain(
             findings.append(named("deleted", f"{missing} missing before this row"))
         chained_seq = row.seq  # the seq this row's hash was computed with, when it can be told
         if row_hash(seq=row.seq, **content) != stored:
-            linked = recent.get(prev_hash_stored)
-            original = None if linked is None else linked[0] + 1
-            if original is not None and original != row.seq and row_hash(seq=original, **content) == stored:
+            original = _chained_as(row.seq, stored, content, recent.get(prev_hash_stored))
+            if original is not None:
                 chained_seq = original
                 findings.append(
                     named("moved", f"row was chained as seq {original}, now sits at seq {row.seq}")
@@ -167,12 +168,27 @@ def verify_chain(
                 )
         if prev_hash_stored != prev_hash:
             linked = recent.get(prev_hash_stored)
-            if linked is not None and linked[1] < prev_seq:
+            moved_before = prev_chained != prev_seq  # the row before this one is itself out of place
+            if linked is not None and linked[0] == chained_seq - 1 and moved_before:
+                findings.append(
+                    named(
+                        "reordered", f"the row chained before it now sits at seq {linked[1]}, not {prev_seq}"
+                    )
+                )
+            elif linked is not None and linked[1] < prev_seq:
                 first = linked[1] + 1
                 span = f"seq {first}" + (f"–{prev_seq}" if prev_seq > first else "")
                 findings.append(
                     named(
                         "inserted", f"prev_hash links to seq {linked[1]}: {span} was inserted into the chain"
+                    )
+                )
+            elif chained_seq > row.seq:
+                findings.append(
+                    named(
+                        "deleted",
+                        f"the row chained before it (seq {chained_seq - 1}) is not there: deleted "
+                        "(and the rest renumbered), or moved further down",
                     )
                 )
             elif not gap:
@@ -186,7 +202,7 @@ def verify_chain(
         recent[stored] = (chained_seq, row.seq)
         if len(recent) > _RECENT_HASHES:
             recent.popitem(last=False)
-        prev_seq, prev_hash, prev_id = row.seq, stored, row.id
+        prev_seq, prev_hash, prev_id, prev_chained = row.seq, stored, row.id, chained_seq
         report.rows += 1
         if on_progress and report.rows % chunk_size == 0:
             on_progress(report.rows)
@@ -200,7 +216,12 @@ def verify_chain(
                 id=None,
                 problem="tail",
                 detail=f"chain ends at seq {prev_seq} but its head says seq {head_seq}: "
-                f"seq {prev_seq + 1}–{head_seq} were deleted",
+                + (
+                    f"seq {head_seq} was"
+                    if head_seq == prev_seq + 1
+                    else f"seq {prev_seq + 1}–{head_seq} were"
+                )
+                + " deleted",
             )
         )
     elif (head_seq, head_hash) != (prev_seq, prev_hash):
@@ -215,6 +236,19 @@ def verify_chain(
             )
         )
     return report
+
+
+def _chained_as(
+    seq: int, stored: bytes, content: dict[str, Any], linked: tuple[int, int] | None
+) -> int | None:
+    """The seq a row's hash was computed with, if it is not its current one (a moved row): the seq
+    after the row its prev_hash names, else a nearby one. Only runs for rows that fail their hash."""
+    candidates = [linked[0] + 1] if linked else []
+    candidates += [seq + d for step in range(1, _NEARBY + 1) for d in (step, -step)]
+    for candidate in candidates:
+        if candidate > 0 and candidate != seq and row_hash(seq=candidate, **content) == stored:
+            return candidate
+    return None
 
 
 # --- head anchoring --------------------------------------------------------------------------------
