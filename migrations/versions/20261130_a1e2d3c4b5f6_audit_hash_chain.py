@@ -22,59 +22,70 @@ depends_on: str | Sequence[str] | None = None
 
 APP_ROLE = "ticketfleet_app"
 
-# One field of the canonical form: "<byte length>:<text>," (a netstring), or "~" for NULL. Length
-# prefixes make the concatenation unambiguous whatever the fields contain.
+# The canonical form: a tag, then each field as "<utf-8 byte length>:<text>," (a netstring), or "~"
+# for NULL. Length prefixes make the concatenation unambiguous whatever the fields contain.
+# jsonb::text is PostgreSQL's normalised form (keys sorted and de-duplicated, fixed spacing), so it
+# is canonical for a stored value. Time is whole microseconds since the epoch: no time-zone or
+# formatting ambiguity. PL/pgSQL rather than an SQL function: it runs once per inserted row, and a
+# non-inlined SQL function re-plans per call (5x slower here).
 CANONICAL_FUNCTIONS = r"""
-CREATE FUNCTION audit_field(value text) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN value IS NULL THEN '~'
-                ELSE octet_length(convert_to(value, 'UTF8'))::text || ':' || value || ',' END
-$$;
-
--- jsonb::text is PostgreSQL's normalised form (keys sorted and de-duplicated, fixed spacing), so it
--- is canonical for a stored value. Time is whole microseconds since the epoch: no time-zone or
--- formatting ambiguity.
 CREATE FUNCTION audit_canonical(
     seq bigint, occurred_at timestamptz, actor text, event_type text, entity_type text,
     entity_id bigint, data jsonb, before jsonb, after jsonb, prev_hash bytea
-) RETURNS bytea LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT convert_to(
-        'tf-audit-v1;'
-        || audit_field(seq::text)
-        || audit_field((extract(epoch FROM occurred_at) * 1000000)::bigint::text)
-        || audit_field(actor) || audit_field(event_type) || audit_field(entity_type)
-        || audit_field(entity_id::text)
-        || audit_field(data::text) || audit_field(before::text) || audit_field(after::text)
-        || audit_field(encode(prev_hash, 'hex')),
-        'UTF8')
-$$;
+) RETURNS bytea LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    canonical text := 'tf-audit-v1;';
+    part text;
+BEGIN
+    FOREACH part IN ARRAY ARRAY[
+        seq::text, (extract(epoch FROM occurred_at) * 1000000)::bigint::text, actor, event_type,
+        entity_type, entity_id::text, data::text, before::text, after::text, encode(prev_hash, 'hex')]
+    LOOP
+        IF part IS NULL THEN
+            canonical := canonical || '~';
+        ELSE
+            canonical := canonical || octet_length(convert_to(part, 'UTF8')) || ':' || part || ',';
+        END IF;
+    END LOOP;
+    RETURN convert_to(canonical, 'UTF8');
+END $$;
 """
 
 # Serialisation choice: a row lock on the one-row audit_chain_head table (SELECT … FOR UPDATE), not
 # pg_advisory_xact_lock. Both serialise chaining; the row lock is also correct under REPEATABLE READ
-# and SERIALIZABLE: a transaction whose snapshot predates the last chained row gets a serialisation
-# error on the lock instead of reading a stale head and silently forking the chain, which an advisory
-# lock plus "read the last row" would do. Cost: every transaction that writes audit events holds the
-# lock from its first audit INSERT until it commits, so chaining transactions run one after another
-# (the hash itself is microseconds). The application therefore writes its events as ONE batched
-# INSERT, as the LAST statement of each transaction (db.audit.AuditTrail): the lock is held only for
-# that INSERT and the commit, and a holder never waits on any other lock, so there is no deadlock
-# cycle. bench/audit.py measures the cost.
-# SECURITY DEFINER: the app role has no privilege on audit_chain_head; only this function moves it.
+# and SERIALIZABLE: a transaction whose snapshot predates the last chained statement gets a
+# serialisation error on the lock instead of reading a stale head and silently forking the chain,
+# which an advisory lock plus "read the last row" would do.
+# Cost: every transaction that writes audit events holds the lock from its first audit INSERT until it
+# commits, so chaining transactions run one after another (hashing itself takes microseconds). The
+# application therefore writes its events as ONE batched INSERT, as the LAST statement of each
+# transaction (db.audit.AuditTrail): the lock is held only for that INSERT and the commit, and a holder
+# never waits on another lock afterwards, so no deadlock cycle can form. bench/audit.py measures it.
+# The head row moves once per statement (AFTER … FOR EACH STATEMENT), not once per row: updating one
+# row thousands of times in a transaction makes each later lookup walk its version chain (quadratic).
+# Within a statement, the rows it already chained are newer than the head (visible to the trigger,
+# not yet in the head), so the trigger takes whichever of head and last row is further along; a tail
+# deleted behind the triggers' back therefore stays a visible gap rather than being silently re-used.
+# SECURITY DEFINER: the app role has no privilege on audit_chain_head; only these functions move it.
 CHAIN_FUNCTION = r"""
 CREATE FUNCTION audit_events_chain() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     head_seq bigint;
     head_hash bytea;
+    last_seq bigint;
+    last_hash bytea;
 BEGIN
     SELECT seq, row_hash INTO head_seq, head_hash FROM audit_chain_head WHERE id FOR UPDATE;
-    IF NOT FOUND THEN
-        -- Genesis (or the head row was removed): start at seq 0. If rows exist, the unique seq
-        -- index then refuses the insert rather than letting a second chain begin.
+    IF NOT FOUND THEN  -- genesis, or the head row was removed: recreate it, then lock it
         INSERT INTO audit_chain_head (id, seq, row_hash) VALUES (true, 0, decode(repeat('00', 32), 'hex'))
             ON CONFLICT DO NOTHING;
         SELECT seq, row_hash INTO head_seq, head_hash FROM audit_chain_head WHERE id FOR UPDATE;
+    END IF;
+    SELECT seq, row_hash INTO last_seq, last_hash FROM audit_events ORDER BY seq DESC LIMIT 1;
+    IF last_seq > head_seq THEN  -- chained earlier in this same statement
+        head_seq := last_seq;
+        head_hash := last_hash;
     END IF;
     -- Whatever the client sent for these is overwritten: the database alone numbers, times and hashes.
     NEW.seq := head_seq + 1;
@@ -83,9 +94,16 @@ BEGIN
     NEW.row_hash := sha256(audit_canonical(
         NEW.seq, NEW.occurred_at, NEW.actor, NEW.event_type, NEW.entity_type, NEW.entity_id,
         NEW.data, NEW.before, NEW.after, NEW.prev_hash));
-    UPDATE audit_chain_head SET seq = NEW.seq, row_hash = NEW.row_hash, occurred_at = NEW.occurred_at
-        WHERE id;
     RETURN NEW;
+END $$;
+
+CREATE FUNCTION audit_events_move_head() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    UPDATE audit_chain_head AS h SET seq = n.seq, row_hash = n.row_hash, occurred_at = n.occurred_at
+        FROM (SELECT seq, row_hash, occurred_at FROM inserted ORDER BY seq DESC LIMIT 1) AS n
+        WHERE h.id AND n.seq > h.seq;
+    RETURN NULL;
 END $$;
 """
 
@@ -189,6 +207,9 @@ def upgrade() -> None:
         """
         CREATE TRIGGER audit_events_chain BEFORE INSERT ON audit_events
             FOR EACH ROW EXECUTE FUNCTION audit_events_chain();
+        CREATE TRIGGER audit_events_move_head AFTER INSERT ON audit_events
+            REFERENCING NEW TABLE AS inserted
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_events_move_head();
         CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
             FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
         -- ALWAYS: the triggers also fire under session_replication_role = replica (or local), which
@@ -196,6 +217,7 @@ def upgrade() -> None:
         ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_no_update_delete;
         ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_no_truncate;
         ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_chain;
+        ALTER TABLE audit_events ENABLE ALWAYS TRIGGER audit_events_move_head;
         """
     )
     op.execute(GRANTS)
@@ -206,12 +228,13 @@ def downgrade() -> None:
     op.execute(
         """
         DROP TRIGGER IF EXISTS audit_events_chain ON audit_events;
+        DROP TRIGGER IF EXISTS audit_events_move_head ON audit_events;
         DROP TRIGGER IF EXISTS audit_events_no_truncate ON audit_events;
         ALTER TABLE audit_events ENABLE TRIGGER audit_events_no_update_delete;
         DROP FUNCTION IF EXISTS audit_events_chain();
+        DROP FUNCTION IF EXISTS audit_events_move_head();
         DROP FUNCTION IF EXISTS audit_canonical(bigint, timestamptz, text, text, text, bigint, jsonb, jsonb,
                                                 jsonb, bytea);
-        DROP FUNCTION IF EXISTS audit_field(text);
         """
     )
     op.drop_constraint(op.f("uq_audit_events_seq"), "audit_events", type_="unique")
