@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, func, select, text
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
@@ -410,6 +410,20 @@ def test_every_work_item_state_change_is_audited(db_session: Session) -> None:
 
 
 # --- concurrency -------------------------------------------------------------------------------------
+
+
+def test_stale_repeatable_read_snapshot_fails_instead_of_forking(clean_db: str) -> None:
+    engine = get_engine(clean_db)
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as stale:
+        stale.begin()
+        _seed(stale, 0)  # takes the snapshot
+        with engine.begin() as other:
+            _seed(other, 2)  # commits, moving the head past the stale snapshot
+        with pytest.raises(DBAPIError, match="could not serialize"):
+            _seed(stale, 1)
+        stale.rollback()
+    with engine.connect() as c, c.begin():
+        assert verify_chain(c).ok and _seqs(c) == [1, 2]
 
 
 def test_concurrent_processes_keep_one_valid_chain(clean_db: str) -> None:
