@@ -8,7 +8,7 @@ Row life cycle::
     sources ─< tickets ─< messages ─┬─ work_items      (one per customer message: pending → … → done)
                                     ├─< triage_results (one per message × model × prompt version)
                                     └─< drafts         (idem; status proposed/accepted/edited/rejected)
-    connector_cursors (one per source) · audit_events (append-only)
+    connector_cursors (one per source) · audit_events (append-only, hash-chained) · audit_chain_head
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Enum,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -242,7 +244,12 @@ class ConnectorCursor(Base):
 
 
 class AuditEvent(Base):
-    """Append-only record of every state change and model decision (hardened by the audit issue)."""
+    """Append-only, hash-chained record of every state change and model decision.
+
+    ``seq``, ``prev_hash``, ``row_hash`` and ``occurred_at`` are set by a trigger inside PostgreSQL
+    (see docs/audit.md); whatever a client sends for them is overwritten. ``before``/``after`` hold
+    ids, labels, states and versions only, never ticket text.
+    """
 
     __tablename__ = "audit_events"
 
@@ -255,3 +262,20 @@ class AuditEvent(Base):
     entity_type: Mapped[str] = mapped_column(String(64))
     entity_id: Mapped[int | None] = mapped_column(BigInteger)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    row_hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditChainHead(Base):
+    """The one row holding the chain's last (seq, hash): the lock that serialises chaining."""
+
+    __tablename__ = "audit_chain_head"
+    __table_args__ = (CheckConstraint("id", name="single_row"),)
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    row_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

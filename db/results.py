@@ -10,8 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from db.audit import record_events
-from db.models import Draft, TriageResult, WorkItem
+from db import audit as events
+from db.audit import AuditTrail, record_draft_status
+from db.models import Draft, DraftStatus, TriageResult, WorkItem
 from ticketfleet.schemas import EngineOutput
 
 
@@ -38,10 +39,13 @@ def store_outputs(
     outputs: Sequence[EngineOutput],
     run: RunIdentity,
     *,
-    actor: str,
+    audit: AuditTrail,
     reviews: dict[int, Review],
 ) -> int:
-    """Insert triage results and drafts for finished items; returns how many results were new."""
+    """Insert triage results and drafts for finished items; returns how many results were new.
+
+    Adds to ``audit`` one model-decision event per new result and one draft-status event per new
+    draft; the caller writes the trail last in its transaction."""
     if not outputs:
         return 0
     message_of = dict(
@@ -98,20 +102,24 @@ def store_outputs(
         .on_conflict_do_nothing(constraint="uq_triage_results_run")
         .returning(TriageResult.id, TriageResult.message_id)
     ).all()
+    new_drafts: Sequence[Any] = ()
     if draft_rows:
-        session.execute(insert(Draft).values(draft_rows).on_conflict_do_nothing(constraint="uq_drafts_run"))
+        new_drafts = session.execute(
+            insert(Draft)
+            .values(draft_rows)
+            .on_conflict_do_nothing(constraint="uq_drafts_run")
+            .returning(Draft.id, Draft.message_id, Draft.check_result)
+        ).all()
     # One audit event per new decision: labels, confidences and versions; never the text.
     new_messages = {mid for _, mid in inserted}
     draft_checks = {d["message_id"]: d["check_result"] for d in draft_rows}
-    record_events(
-        session,
-        actor=actor,
-        event_type="triage.decided",
-        entity_type="message",
-        entries=[
-            (
+    for row in triage_rows:
+        if row["message_id"] in new_messages:
+            audit.add(
+                events.TRIAGE_DECIDED,
+                "message",
                 row["message_id"],
-                {
+                after={
                     "fields": {
                         f: {"value": row[f], "confidence": round(float(row[f"{f}_confidence"]), 4)}
                         for f in ("language", "sentiment", "intent", "priority")
@@ -123,8 +131,14 @@ def store_outputs(
                     **versions,
                 },
             )
-            for row in triage_rows
-            if row["message_id"] in new_messages
-        ],
-    )
+    for draft_id, message_id, check_result in new_drafts:
+        record_draft_status(
+            audit,
+            draft_id,
+            None,
+            DraftStatus.proposed,
+            message_id=message_id,
+            check_result=check_result,
+            **versions,
+        )
     return len(inserted)

@@ -15,6 +15,8 @@ from sqlalchemy import Float, and_, case, cast, exists, func, literal, or_, sele
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, aliased
 
+from db import audit as events
+from db.audit import AuditTrail
 from db.models import ItemState, Message, TriageResult, WorkItem
 from db.results import RunIdentity
 
@@ -37,8 +39,13 @@ class ClaimedItem:
     token_estimate: int
 
 
-def create_work_items(session: Session, message_ids: Sequence[int], lane: str) -> list[int]:
+def create_work_items(
+    session: Session, message_ids: Sequence[int], lane: str, *, audit: AuditTrail
+) -> list[int]:
     """Pending work items for customer messages; a message that already has one keeps it.
+
+    Every function here that changes an item's state adds one event per item to ``audit`` (the
+    caller writes the trail last in its transaction; see db/audit.py).
 
     A reply is due only for the newest message of its thread, so earlier turns are triaged but not
     drafted, and a thread whose last word is the agent's gets no draft.
@@ -64,20 +71,28 @@ def create_work_items(session: Session, message_ids: Sequence[int], lane: str) -
         insert(WorkItem)
         .values(values)
         .on_conflict_do_nothing(index_elements=[WorkItem.message_id])
-        .returning(WorkItem.id)
+        .returning(WorkItem.id, WorkItem.message_id)
     )
-    return [int(i) for i in session.execute(stmt).scalars()]
+    created = session.execute(stmt).all()
+    for item_id, message_id in created:
+        audit.state_change(
+            events.ITEM_CREATED, item_id, None, ItemState.pending, lane=lane, message_id=message_id
+        )
+    return [int(i) for i, _ in created]
 
 
-def mark_queued(session: Session, item_ids: Iterable[int]) -> None:
+def mark_queued(session: Session, item_ids: Iterable[int], *, audit: AuditTrail) -> None:
     """After the wake-up message was sent: pending items become queued (others are left alone)."""
     ids = list(item_ids)
     if ids:
-        session.execute(
+        queued = session.execute(
             update(WorkItem)
             .where(WorkItem.id.in_(ids), WorkItem.state == ItemState.pending)
             .values(state=ItemState.queued, queued_at=func.now(), updated_at=func.now())
-        )
+            .returning(WorkItem.id)
+        ).scalars()
+        for item_id in queued:
+            audit.state_change(events.ITEM_QUEUED, item_id, ItemState.pending, ItemState.queued)
 
 
 def claim(
@@ -89,6 +104,7 @@ def claim(
     token_budget: int,
     worker: str,
     lease_seconds: int,
+    audit: AuditTrail,
     top_up: bool = True,
 ) -> list[ClaimedItem]:
     """Claim up to ``limit`` items within ``token_budget``: the ids a message named first, then the
@@ -107,15 +123,16 @@ def claim(
     if top_up:
         condition = or_(claimable_hint, and_(WorkItem.lane == lane, WorkItem.state == ItemState.queued))
     candidates = session.execute(
-        select(WorkItem.id, WorkItem.token_estimate)
+        select(WorkItem.id, WorkItem.token_estimate, WorkItem.state)
         .where(condition)
         .order_by(WorkItem.id.in_(list(hinted_ids) or [-1]).desc(), WorkItem.queued_at, WorkItem.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
     chosen: list[int] = []
+    was = {item_id: state for item_id, _, state in candidates}
     used = 0
-    for item_id, tokens in candidates:
+    for item_id, tokens, _ in candidates:
         if chosen and used + tokens > token_budget:
             break
         chosen.append(item_id)
@@ -138,11 +155,16 @@ def claim(
         )
     ).all()
     by_id = {r[0]: ClaimedItem(int(r[0]), int(r[1]), int(r[2]), bool(r[3]), int(r[4])) for r in rows}
+    for item_id in chosen:
+        audit.state_change(
+            events.ITEM_CLAIMED, item_id, was[item_id], ItemState.processing, attempt=by_id[item_id].attempts
+        )
     return [by_id[i] for i in chosen]
 
 
-def mark_done(session: Session, item_ids: Sequence[int]) -> None:
+def mark_done(session: Session, item_ids: Sequence[int], *, audit: AuditTrail) -> None:
     if item_ids:
+        was = _states_locked(session, item_ids)
         session.execute(
             update(WorkItem)
             .where(WorkItem.id.in_(list(item_ids)))
@@ -155,10 +177,28 @@ def mark_done(session: Session, item_ids: Sequence[int]) -> None:
                 updated_at=func.now(),
             )
         )
+        for item_id in item_ids:
+            if was.get(item_id) not in (None, ItemState.done):
+                audit.state_change(events.ITEM_DONE, item_id, was[item_id], ItemState.done)
+
+
+def _states_locked(session: Session, item_ids: Iterable[int]) -> dict[int, ItemState]:
+    """Current states, row-locked so they are still the states the following UPDATE changes."""
+    rows = session.execute(
+        select(WorkItem.id, WorkItem.state).where(WorkItem.id.in_(list(item_ids))).with_for_update()
+    ).all()
+    return {int(i): ItemState(state) for i, state in rows}
+
+
+def error_kind(error: str) -> str:
+    """The exception type of an error string ("ValueError: …" → "ValueError"). Audit rows keep only
+    this: an error message may quote ticket text."""
+    head = error.split(":", 1)[0].strip()
+    return head if head.isidentifier() else "error"
 
 
 def mark_failed(
-    session: Session, item_id: int, error: str, *, max_attempts: int, backoff_s: float
+    session: Session, item_id: int, error: str, *, max_attempts: int, backoff_s: float, audit: AuditTrail
 ) -> ItemState:
     """Record a failed attempt: ``failed`` with exponential backoff, or ``dead`` once attempts run out."""
     state_type = WorkItem.__table__.c.state.type
@@ -179,13 +219,29 @@ def mark_failed(
             finished_at=case((WorkItem.attempts >= max_attempts, func.now()), else_=None),
             updated_at=func.now(),
         )
-        .returning(WorkItem.state)
-    ).scalar_one_or_none()
-    return ItemState(state) if state is not None else ItemState.done
+        .returning(WorkItem.state, WorkItem.attempts)
+    ).first()
+    if state is None:
+        return ItemState.done
+    new = ItemState(state[0])
+    audit.state_change(
+        events.ITEM_DEAD if new == ItemState.dead else events.ITEM_FAILED,
+        item_id,
+        ItemState.processing,
+        new,
+        attempt=int(state[1]),
+        error_kind=error_kind(error),
+    )
+    return new
 
 
 def reap(
-    session: Session, *, stuck_after_seconds: int, idle_lanes: Sequence[str], limit: int = 10_000
+    session: Session,
+    *,
+    stuck_after_seconds: int,
+    idle_lanes: Sequence[str],
+    audit: AuditTrail,
+    limit: int = 10_000,
 ) -> dict[str, list[int]]:
     """Items whose wake-up was lost or whose worker died, reset to pending, grouped by lane.
 
@@ -209,23 +265,27 @@ def reap(
         ),
         and_(WorkItem.state == ItemState.failed, WorkItem.next_attempt_at <= now),
     )
-    ids = (
-        select(WorkItem.id)
-        .where(condition)
-        .order_by(WorkItem.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+    was = dict(
+        session.execute(
+            select(WorkItem.id, WorkItem.state)
+            .where(condition)
+            .order_by(WorkItem.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
     )
+    if not was:
+        return {}
     rows = session.execute(
         update(WorkItem)
-        .where(WorkItem.id.in_(ids))
+        .where(WorkItem.id.in_(list(was)))
         .values(state=ItemState.pending, claimed_by=None, lease_expires_at=None, updated_at=now)
         .returning(WorkItem.id, WorkItem.lane)
     ).all()
     by_lane: dict[str, list[int]] = {}
-    for item_id, lane in rows:
+    for item_id, lane in sorted(rows):
         by_lane.setdefault(lane, []).append(int(item_id))
+        audit.state_change(events.ITEM_REQUEUED, item_id, was[item_id], ItemState.pending, lane=lane)
     return by_lane
 
 
@@ -254,16 +314,26 @@ def select_backlog(session: Session, *, stale_against: RunIdentity | None = None
     ]
 
 
-def requeue_for_backlog(session: Session, message_ids: Sequence[int], lane: str) -> list[int]:
+def requeue_for_backlog(
+    session: Session, message_ids: Sequence[int], lane: str, *, audit: AuditTrail
+) -> list[int]:
     """Create missing work items and reset existing not-in-flight ones to pending on ``lane``."""
-    created = set(create_work_items(session, message_ids, lane))
+    created = set(create_work_items(session, message_ids, lane, audit=audit))
+    resettable = [ItemState.pending, ItemState.queued, ItemState.failed, ItemState.done]
+    was = dict(
+        session.execute(
+            select(WorkItem.id, WorkItem.state)
+            .where(WorkItem.message_id.in_(list(message_ids)), WorkItem.state.in_(resettable))
+            .with_for_update()
+        ).all()
+    )
     reset = session.execute(
         update(WorkItem)
-        .where(
-            WorkItem.message_id.in_(list(message_ids)),
-            WorkItem.state.in_([ItemState.pending, ItemState.queued, ItemState.failed, ItemState.done]),
-        )
+        .where(WorkItem.id.in_(list(was) or [-1]), WorkItem.state.in_(resettable))
         .values(state=ItemState.pending, lane=lane, attempts=0, last_error=None, updated_at=func.now())
         .returning(WorkItem.id)
     ).scalars()
-    return sorted(created | {int(i) for i in reset})
+    reset_ids = {int(i) for i in reset} - created
+    for item_id in sorted(reset_ids):
+        audit.state_change(events.ITEM_BACKLOG, item_id, was[item_id], ItemState.pending, lane=lane)
+    return sorted(created | reset_ids)

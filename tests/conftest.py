@@ -15,17 +15,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from db.migrate import upgrade
 from db.session import get_engine, normalise_url
+from tests.support.audit import truncate_tables
 from ticketfleet.services import EmbeddedServices, redis_client
 from ticketfleet.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLES = (
     "audit_events",
+    "audit_chain_head",
     "drafts",
     "triage_results",
     "work_items",
@@ -134,7 +135,7 @@ def clean_db(database_url: str) -> Iterator[str]:
     """For code that commits on its own: the tables are emptied after the test."""
     yield database_url
     with get_engine(database_url).begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        truncate_tables(conn, TABLES)  # audit_events refuses TRUNCATE; see tests/support/audit.py
 
 
 @pytest.fixture

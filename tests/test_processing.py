@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select, update
 
+from db.audit import AuditTrail
+from db.audit_chain import verify_chain
 from db.ingest import ingest_tickets
 from db.models import AuditEvent, Draft, ItemState, TriageResult, WorkItem
 from db.session import transaction
@@ -19,8 +21,10 @@ def _enqueue(url: str, texts: list[str], lane: str = "tickets") -> list[int]:
     with transaction(url) as s:
         tickets = [InboundTicket(external_id=f"T-{i}", text=t) for i, t in enumerate(texts)]
         result = ingest_tickets(s, tickets, default_source="test", source_kind="test")
-        ids = create_work_items(s, result.new_customer_message_ids, lane)
-        mark_queued(s, ids)
+        audit = AuditTrail("test")
+        ids = create_work_items(s, result.new_customer_message_ids, lane, audit=audit)
+        mark_queued(s, ids, audit=audit)
+        audit.write(s)
     return ids
 
 
@@ -63,6 +67,12 @@ def test_batch_stores_triage_and_drafts_once(clean_db: str, settings: Settings, 
             select(func.count()).where(AuditEvent.event_type == "triage.decided")
         ).scalar_one()
         assert decided == 3
+        # Audit: each item claimed and done twice (two runs), one draft created each; chain intact.
+        counts = dict(
+            s.execute(select(AuditEvent.event_type, func.count()).group_by(AuditEvent.event_type)).all()
+        )
+        assert counts["item.claimed"] == counts["item.done"] == 6 and counts["draft.status_changed"] == 3
+        assert verify_chain(s.connection()).ok
 
 
 def test_poison_item_fails_alone(clean_db: str, settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from db.audit import AuditTrail
 from db.ingest import ingest_tickets
 from db.models import ItemState, TriageResult, WorkItem
 from db.results import RunIdentity
@@ -28,8 +29,8 @@ from ticketfleet.inbound import InboundTicket
 def _items(session: Session, n: int, lane: str = "tickets", *, body: str = "My parcel is late") -> list[int]:
     tickets = [InboundTicket(external_id=f"T-{i}", text=f"{body} #{i}") for i in range(n)]
     result = ingest_tickets(session, tickets, default_source="test", source_kind="test")
-    ids = create_work_items(session, result.new_customer_message_ids, lane)
-    mark_queued(session, ids)
+    ids = create_work_items(session, result.new_customer_message_ids, lane, audit=AuditTrail("test"))
+    mark_queued(session, ids, audit=AuditTrail("test"))
     return ids
 
 
@@ -42,6 +43,7 @@ def _claim(session: Session, lane: str = "tickets", hinted: list[int] | None = N
         token_budget=kw.get("budget", 10_000),
         worker="w",
         lease_seconds=kw.get("lease", 60),
+        audit=AuditTrail("w"),
     )
     return [i.id for i in items]
 
@@ -94,7 +96,7 @@ def test_concurrent_claims_never_share_an_item(clean_db: str) -> None:
 
 def test_done_items_are_not_claimed_again(db_session: Session) -> None:
     ids = _items(db_session, 2)
-    mark_done(db_session, _claim(db_session))
+    mark_done(db_session, _claim(db_session), audit=AuditTrail("test"))
     assert _claim(db_session, hinted=ids) == []
 
 
@@ -102,7 +104,7 @@ def test_failures_back_off_then_die(db_session: Session) -> None:
     [item] = _items(db_session, 1)
     for attempt in (1, 2):
         assert _claim(db_session, hinted=[item]) == [item]
-        state = mark_failed(db_session, item, "boom", max_attempts=2, backoff_s=0)
+        state = mark_failed(db_session, item, "boom", max_attempts=2, backoff_s=0, audit=AuditTrail("test"))
         assert state == (ItemState.failed if attempt == 1 else ItemState.dead)
     row = db_session.execute(select(WorkItem).where(WorkItem.id == item)).scalar_one()
     assert row.state == ItemState.dead and row.attempts == 2 and row.last_error == "boom"
@@ -112,9 +114,9 @@ def test_failures_back_off_then_die(db_session: Session) -> None:
 def test_failed_item_waits_for_its_backoff(db_session: Session) -> None:
     [item] = _items(db_session, 1)
     _claim(db_session, hinted=[item])
-    mark_failed(db_session, item, "boom", max_attempts=5, backoff_s=3600)
+    mark_failed(db_session, item, "boom", max_attempts=5, backoff_s=3600, audit=AuditTrail("test"))
     assert _claim(db_session, hinted=[item]) == []
-    assert reap(db_session, stuck_after_seconds=60, idle_lanes=["tickets"]) == {}
+    assert reap(db_session, stuck_after_seconds=60, idle_lanes=["tickets"], audit=AuditTrail("reaper")) == {}
 
 
 def test_reaper_recovers_expired_leases_and_lost_messages(db_session: Session) -> None:
@@ -127,8 +129,10 @@ def test_reaper_recovers_expired_leases_and_lost_messages(db_session: Session) -
     )
     # Queued items go stale only if their lane's broker queue is empty.
     db_session.execute(update(WorkItem).values(updated_at=WorkItem.updated_at - _hour()))
-    assert reap(db_session, stuck_after_seconds=60, idle_lanes=[]) == {"tickets": expired}
-    recovered = reap(db_session, stuck_after_seconds=60, idle_lanes=["tickets"])
+    assert reap(db_session, stuck_after_seconds=60, idle_lanes=[], audit=AuditTrail("reaper")) == {
+        "tickets": expired
+    }
+    recovered = reap(db_session, stuck_after_seconds=60, idle_lanes=["tickets"], audit=AuditTrail("reaper"))
     assert sorted(recovered["tickets"]) == sorted(set(ids) - set(expired))
 
 
@@ -139,7 +143,7 @@ def _hour() -> timedelta:
 def test_backlog_selects_unprocessed_and_stale(db_session: Session) -> None:
     ids = _items(db_session, 3)
     done = _claim(db_session, limit=2)
-    mark_done(db_session, done)
+    mark_done(db_session, done, audit=AuditTrail("test"))
     message_of = dict(db_session.execute(select(WorkItem.id, WorkItem.message_id)).all())
     for item in done:
         db_session.add(
@@ -165,7 +169,7 @@ def test_backlog_selects_unprocessed_and_stale(db_session: Session) -> None:
     assert select_backlog(db_session) == [message_of[pending]]
     stale = select_backlog(db_session, stale_against=current)
     assert sorted(stale) == sorted([message_of[pending], message_of[done[1]]])
-    requeued = requeue_for_backlog(db_session, stale, "backlog")
+    requeued = requeue_for_backlog(db_session, stale, "backlog", audit=AuditTrail("test"))
     lanes = dict(
         db_session.execute(select(WorkItem.id, WorkItem.lane).where(WorkItem.id.in_(requeued))).all()
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from db.audit import AuditTrail
 from db.session import transaction
 from db.work import ClaimedItem, claim
 from ticketfleet.settings import Settings
@@ -56,7 +57,8 @@ def _claim(
     worker: str,
 ) -> list[ClaimedItem]:
     with transaction(database_url) as session:
-        return claim(
+        audit = AuditTrail(worker)
+        items = claim(
             session,
             lane=lane,
             hinted_ids=hinted_ids,
@@ -64,4 +66,7 @@ def _claim(
             token_budget=budget,
             worker=worker,
             lease_seconds=settings.lease_seconds,
+            audit=audit,
         )
+        audit.write(session)  # last: see db/audit.py on lock order
+        return items

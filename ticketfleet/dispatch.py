@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import redis
 
+from db.audit import AuditTrail
 from db.session import transaction
 from db.work import mark_queued
 
@@ -43,7 +44,9 @@ def send_wakeups(database_url: str, lane: str, item_ids: Sequence[int], *, batch
     finally:
         if sent:
             with transaction(database_url) as session:
-                mark_queued(session, sent)
+                audit = AuditTrail("dispatch")
+                mark_queued(session, sent, audit=audit)
+                audit.write(session)
     return len(sent)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connectors.files import LineError, ParsedLine, parse_file
+from db.audit import AuditTrail
 from db.ingest import ingest_tickets
 from db.models import Channel, Message
 from db.session import transaction
@@ -77,12 +78,14 @@ def _commit_chunk(
 ) -> None:
     to_send: dict[str, list[int]] = {}
     with transaction(database_url) as session:
+        audit = AuditTrail("import")
         result = ingest_tickets(session, chunk, default_source=source, source_kind="file")
         report.tickets += result.tickets_seen
         report.new_messages += len(result.new_message_ids)
         if lane and result.new_customer_message_ids:
             for lane_name, message_ids in _by_lane(session, result.new_customer_message_ids, lane).items():
-                to_send[lane_name] = create_work_items(session, message_ids, lane_name)
+                to_send[lane_name] = create_work_items(session, message_ids, lane_name, audit=audit)
+        audit.write(session)  # last statement of the transaction (db/audit.py: lock order)
     # Enqueue only after the commit: a worker must never receive an id it cannot see yet.
     for lane_name, item_ids in to_send.items():
         report.queued += send_wakeups(database_url, lane_name, item_ids, batch_size=settings.batch_size)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
-from db.audit import record_events
+from db.audit import AuditTrail
 from db.results import RunIdentity
 from db.session import transaction
 from db.work import reap, requeue_for_backlog, select_backlog
@@ -56,14 +56,11 @@ def reap_and_resend(settings: Settings) -> ReapReport:
     with transaction(database_url) as session:
         if not session.execute(select(func.pg_try_advisory_xact_lock(REAPER_LOCK_KEY))).scalar_one():
             return ReapReport(skipped=True)
-        by_lane = reap(session, stuck_after_seconds=settings.stuck_after_seconds, idle_lanes=idle)
-        record_events(
-            session,
-            actor="reaper",
-            event_type="item.requeued",
-            entity_type="work_item",
-            entries=[(i, {"lane": lane}) for lane, ids in by_lane.items() for i in ids],
+        audit = AuditTrail("reaper")
+        by_lane = reap(
+            session, stuck_after_seconds=settings.stuck_after_seconds, idle_lanes=idle, audit=audit
         )
+        audit.write(session)
     report = ReapReport()
     for lane, ids in by_lane.items():
         report.requeued[lane] = send_wakeups(database_url, lane, ids, batch_size=settings.batch_size)
@@ -79,5 +76,7 @@ def enqueue_backlog(settings: Settings, *, stale: bool, lane: str = "backlog") -
     stale_against = current_run(settings) if stale else None
     with transaction(database_url) as session:
         message_ids = select_backlog(session, stale_against=stale_against)
-        item_ids = requeue_for_backlog(session, message_ids, lane)
+        audit = AuditTrail("backlog")
+        item_ids = requeue_for_backlog(session, message_ids, lane, audit=audit)
+        audit.write(session)
     return send_wakeups(database_url, lane, item_ids, batch_size=settings.batch_size)

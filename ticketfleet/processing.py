@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from db.audit import record_events
+from db.audit import AuditTrail
 from db.models import ItemState
 from db.results import Review, RunIdentity, store_outputs
 from db.session import transaction
@@ -74,8 +74,9 @@ def process_lane_batch(
     reviews = {o.item_id: review_output(o, inputs[o.item_id], settings) for o in outputs}
     dead = failed = new_results = 0
     with transaction(database_url) as session:
-        new_results = store_outputs(session, outputs, run_identity(engine), actor=worker, reviews=reviews)
-        mark_done(session, [o.item_id for o in outputs])
+        audit = AuditTrail(worker)
+        new_results = store_outputs(session, outputs, run_identity(engine), audit=audit, reviews=reviews)
+        mark_done(session, [o.item_id for o in outputs], audit=audit)
         for item_id, error in errors.items():
             state = mark_failed(
                 session,
@@ -83,16 +84,12 @@ def process_lane_batch(
                 error,
                 max_attempts=settings.max_attempts,
                 backoff_s=settings.retry_backoff_s,
+                audit=audit,
             )
             dead += state == ItemState.dead
             failed += state == ItemState.failed
-        record_events(
-            session,
-            actor=worker,
-            event_type="item.failed",
-            entity_type="work_item",
-            entries=[(item_id, {"error": error[:500]}) for item_id, error in errors.items()],
-        )
+        # One INSERT for the whole batch, as the transaction's last statement (db/audit.py).
+        audit.write(session)
     report = BatchReport(
         lane=lane,
         claimed=len(items),

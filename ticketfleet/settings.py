@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(default=30.0, gt=0)
     nightly_backlog_cron: str = Field(default="0 2 * * *", description="minute hour dom month dow")
 
+    # --- audit ----------------------------------------------------------------------------------
+    audit_hmac_key: SecretStr | None = Field(
+        default=None,
+        description="Key that signs `ticketfleet audit head` output (HMAC-SHA256), ≥ 16 characters. "
+        "Keep it outside the database.",
+    )
+
     # --- import ---------------------------------------------------------------------------------
     max_body_chars: int = Field(default=20_000, ge=1, description="Longer message bodies are rejected.")
 
