@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     # --- import ---------------------------------------------------------------------------------
     max_body_chars: int = Field(default=20_000, ge=1, description="Longer message bodies are rejected.")
 
+    # --- sources (connectors) -------------------------------------------------------------------
+    sources_file: Path = Field(
+        default=Path("sources.toml"),
+        description="TOML file of [[sources]] to poll and write back to (see docs/connectors.md).",
+    )
+
     @field_validator("gates")
     @classmethod
     def _known_gate_fields(cls, value: dict[str, GatePolicy]) -> dict[str, GatePolicy]:
