@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from connectors.base import ConfigError, Connector
 from connectors.http import RequestBudget, SourceHttp
@@ -75,6 +75,10 @@ def build_connector(source: SourceConfig) -> Connector:
     http = build_http(source)
     try:
         connector: Connector = module.from_config(source.name, dict(source.options), source.secrets, http)
+    except ValidationError as exc:
+        if http is not None:
+            http.client.close()
+        raise ConfigError(f"options: {exc}", source=source.name) from exc
     except Exception:
         if http is not None:
             http.client.close()
