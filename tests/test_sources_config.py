@@ -104,3 +104,12 @@ def test_registry_knows_all_eight_kinds_and_reports_missing_modules() -> None:
     assert options_model("files").__name__ == "FilesOptions"
     with pytest.raises(ConfigError, match="unknown kind"):
         options_model("nope")
+
+
+def test_names_and_schedules_load_without_the_secrets(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        '[[sources]]\nname = "a"\nkind = "files"\ntoken_env = "TF_UNSET"\n[sources.options]\npath = "x"\n',
+    )
+    (source,) = load_sources(path, environ={}, require_secrets=False).sources
+    assert source.name == "a" and source.secrets == {}

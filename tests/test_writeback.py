@@ -224,3 +224,39 @@ def test_after_results_plans_only_for_write_back_sources_and_queues_ids_only(
         row = session.execute(select(WriteBackRow)).scalar_one()
         assert row.state == WriteBackState.pending
         assert session.execute(select(Message.id)).first() is not None
+
+
+def test_a_processed_batch_writes_back_end_to_end(
+    zendesk: tuple[FakeZendesk, str],
+    wb_settings: Settings,
+    clean_db: str,
+    tmp_path: Path,
+    engine,  # type: ignore[no-untyped-def]
+) -> None:
+    """Poll → real (tiny) engine batch → write-back planned after the commit → pushed to Zendesk."""
+    from ticketfleet.processing import process_lane_batch
+    from ticketfleet.settings import GatePolicy
+
+    api, base_url = zendesk
+    source = _source(api, base_url)
+    zendesk_id, item_id = _pulled_ticket(api, source, wb_settings, clean_db)
+    sources_file = tmp_path / "sources.toml"
+    sources_file.write_text(
+        f'[[sources]]\nname = "zd"\nkind = "zendesk"\nbase_url = "{base_url}"\nwrite_back = true\n'
+        f'token_env = "TF_TEST_ZD_TOKEN"\n[sources.options]\nemail = "{api.email}"\n'
+    )
+    # Every field at the auto gate, so the tiny model's labels are all written back.
+    everything_auto = {f: GatePolicy(review_below=0.0, auto_at=0.0) for f in GATES}
+    settings = wb_settings.model_copy(update={"sources_file": sources_file, "gates": everything_auto})
+    report = process_lane_batch(
+        "tickets", [item_id], engine=engine, settings=settings, database_url=clean_db, worker="t"
+    )
+    assert report.done == 1
+    with transaction(clean_db) as session:
+        row = session.execute(select(WriteBackRow)).scalar_one()
+        result = session.get(TriageResult, row.triage_result_id)
+    assert row.state == WriteBackState.pending and result is not None
+    pushed = run_write_back(row.id, settings, sources=[source])
+    assert pushed.state == "done", pushed.error
+    assert f"tf-intent-{result.intent}" in api.tickets[zendesk_id]["tags"]
+    assert f"tf-lang-{result.language}" in api.tickets[zendesk_id]["tags"]

@@ -17,9 +17,9 @@ sources_app = typer.Typer(help="Configured ticket-system sources (the sources fi
 console = Console(stderr=True)
 
 
-def _load(settings: Settings) -> SourcesFile:
+def _load(settings: Settings, *, require_secrets: bool = True) -> SourcesFile:
     try:
-        return load_configured_sources(settings)
+        return load_configured_sources(settings, require_secrets=require_secrets)
     except SourcesFileError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -93,7 +93,7 @@ def sources_table(sources: list[SourceConfig], views: dict[str, object], *, titl
 def list_sources() -> None:
     """Configured sources: kind, lane, interval, stored cursor and health."""
     settings = get_settings()
-    loaded = _load(settings)
+    loaded = _load(settings, require_secrets=False)  # listing needs no credentials
     out = Console()
     if not loaded.sources:
         out.print(f"no sources configured in {loaded.path}")
@@ -146,7 +146,7 @@ def poll_source(
 def print_sources_status(out: Console, settings: Settings) -> None:
     """The "sources" section of `ticketfleet status`."""
     try:
-        sources = load_configured_sources(settings).sources
+        sources = load_configured_sources(settings, require_secrets=False).sources
     except SourcesFileError as exc:
         out.print(f"[red]sources file unusable:[/] {exc}")
         return

@@ -87,8 +87,14 @@ class SourcesFile:
         return [s for s in self.sources if s.enabled]
 
 
-def load_sources(path: Path, *, environ: dict[str, str] | None = None) -> SourcesFile:
-    """Read and validate the whole file; raise :class:`SourcesFileError` listing every problem."""
+def load_sources(
+    path: Path, *, environ: dict[str, str] | None = None, require_secrets: bool = True
+) -> SourcesFile:
+    """Read and validate the whole file; raise :class:`SourcesFileError` listing every problem.
+
+    ``require_secrets=False`` is for callers that only need names and schedules (beat, write-back
+    planning on a GPU worker): a secret whose variable is unset there is left out, not an error.
+    """
     env = os.environ if environ is None else environ
     if not path.exists():
         return SourcesFile(path, [])
@@ -115,7 +121,7 @@ def load_sources(path: Path, *, environ: dict[str, str] | None = None) -> Source
         if isinstance(entry.get("name"), str):
             label = f"{path}: source {entry['name']!r}"
         try:
-            source = _parse_source(entry, env)
+            source = _parse_source(entry, env, require_secrets)
         except SourcesFileError as exc:
             problems.append(f"{label}: {exc}")
             continue
@@ -129,7 +135,7 @@ def load_sources(path: Path, *, environ: dict[str, str] | None = None) -> Source
     return SourcesFile(path, sources)
 
 
-def _parse_source(entry: dict[str, Any], env: Any) -> SourceConfig:
+def _parse_source(entry: dict[str, Any], env: Any, require_secrets: bool) -> SourceConfig:
     fields = dict(entry)
     secrets: dict[str, SecretStr] = {}
     for key in [k for k in fields if k.endswith(SECRET_SUFFIX)]:
@@ -138,6 +144,8 @@ def _parse_source(entry: dict[str, Any], env: Any) -> SourceConfig:
             raise SourcesFileError(f"{key}: must name an environment variable")
         value = env.get(variable)
         if not value:
+            if not require_secrets:
+                continue
             raise SourcesFileError(f"{key}: environment variable {variable} is not set")
         secrets[key.removesuffix(SECRET_SUFFIX)] = SecretStr(value)
     if "secrets" in fields:
@@ -179,6 +187,6 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-def load_configured_sources(settings: Any) -> SourcesFile:
+def load_configured_sources(settings: Any, *, require_secrets: bool = True) -> SourcesFile:
     """The sources file named by the settings."""
-    return load_sources(Path(settings.sources_file))
+    return load_sources(Path(settings.sources_file), require_secrets=require_secrets)

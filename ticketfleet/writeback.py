@@ -96,7 +96,8 @@ def gated_labels(result: TriageResult) -> tuple[list[str], dict[str, str]]:
 
 @lru_cache(maxsize=8)
 def _write_back_sources_cached(path: str, mtime: float) -> frozenset[str]:
-    return frozenset(s.name for s in load_sources(Path(path)).sources if s.write_back)
+    sources = load_sources(Path(path), require_secrets=False).sources
+    return frozenset(s.name for s in sources if s.write_back)
 
 
 def write_back_sources(settings: Settings) -> frozenset[str]:

@@ -81,7 +81,7 @@ def source_poll_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     from ticketfleet.sources import SourcesFileError, load_configured_sources
 
     try:
-        sources = load_configured_sources(settings).enabled
+        sources = load_configured_sources(settings, require_secrets=False).enabled
     except SourcesFileError as exc:
         log.error("sources file unusable, no source is polled: %s", exc)
         return {}
