@@ -217,9 +217,7 @@ class FilesConnector(Connector):
         self.path = path
         self.page_size = page_size
         self.max_body_chars = max_body_chars
-        # The glob's directory (or the file's), so the outbox sits beside what it answers.
-        base = Path(glob.escape(path) if not glob.has_magic(path) else path).parent
-        self.outbox = Path(outbox) if outbox else base / f"{name}.outbox.jsonl"
+        self.outbox = Path(outbox) if outbox else _fixed_folder(path) / f"{name}.outbox.jsonl"
 
     # --- pull ----------------------------------------------------------------------------------
 
@@ -353,6 +351,16 @@ class FilesConnector(Connector):
             raise ConfigError(f"no file matches {self.path}", source=self.name)
         size = sum(p.stat().st_size for p in files)
         return f"{len(files)} file(s) matching {self.path}, {size} bytes; write-backs to {self.outbox}"
+
+
+def _fixed_folder(pattern: str) -> Path:
+    """The folder before the first wildcard (the file's folder when there is none): the outbox sits
+    beside the files it answers."""
+    parts = Path(pattern).parts
+    first_wildcard = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    fixed = parts[:first_wildcard]
+    folder = Path(*fixed) if fixed else Path(".")
+    return folder.parent if folder == Path(pattern) else folder
 
 
 def _shift(error: LineError | None, lines: int) -> LineError | None:

@@ -136,3 +136,9 @@ def test_csv_is_read_incrementally_with_stable_message_ids(tmp_path: Path) -> No
         handle.write("t2,third\n")
     third = connector.pull(second.cursor)
     assert [(i.external_id, i.messages[0].external_id) for i in third.items] == [("t2", "line-5")]
+
+
+def test_outbox_defaults_beside_the_files_before_any_wildcard(tmp_path: Path) -> None:
+    assert FilesConnector("s", path=str(tmp_path / "in.jsonl")).outbox == tmp_path / "s.outbox.jsonl"
+    globbed = FilesConnector("s", path=str(tmp_path / "*" / "in-*.jsonl"))
+    assert globbed.outbox == tmp_path / "s.outbox.jsonl"

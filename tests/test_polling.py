@@ -14,7 +14,7 @@ from connectors.files import FilesConnector
 from db.models import ConnectorCursor, Message, SourceHealth, Ticket, WorkItem
 from db.session import get_engine, transaction
 from db.sources import backoff_seconds
-from ticketfleet.inbound import InboundTicket
+from ticketfleet.inbound import InboundMessage, InboundTicket
 from ticketfleet.polling import poll_source, source_lock
 from ticketfleet.settings import Settings
 from ticketfleet.sources import SourceConfig
@@ -188,10 +188,23 @@ def test_cursor_never_commits_without_its_items(
     class Poisoned(FilesConnector):
         def pull(self, cursor: str | None) -> PullPage:
             page = super().pull(cursor)
-            # A body the database's CHECK refuses (bypassing validation): the insert fails mid-page.
-            bad = InboundTicket.model_construct(**{**page.items[0].__dict__})
-            bad.messages[0].__dict__["text"] = ""
-            return page.model_copy(update={"items": [*page.items, bad]})
+            # An empty body, built bypassing validation, that the database's CHECK refuses: the
+            # page's insert fails after its good items were written in the same transaction.
+            empty = InboundMessage.model_construct(
+                role="customer", text="", external_id=None, created_at=None
+            )
+            poison = InboundTicket.model_construct(
+                external_id="poison",
+                source=None,
+                channel="ticket",
+                subject=None,
+                requester=None,
+                locale=None,
+                country=None,
+                messages=[empty],
+                text=None,
+            )
+            return page.model_copy(update={"items": [*page.items, poison]})
 
     _write(tmp_path, ["a", "b"])
     with pytest.raises(Exception, match="body_not_empty"):
