@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,25 @@ def test_a_processed_batch_writes_back_end_to_end(
     assert pushed.state == "done", pushed.error
     assert f"tf-intent-{result.intent}" in api.tickets[zendesk_id]["tags"]
     assert f"tf-lang-{result.language}" in api.tickets[zendesk_id]["tags"]
+
+
+def test_a_write_back_whose_message_was_lost_is_resent_by_the_poll_sweep(
+    zendesk: tuple[FakeZendesk, str], wb_settings: Settings, clean_db: str
+) -> None:
+    from ticketfleet.writeback import resend_due
+
+    api, base_url = zendesk
+    source = _source(api, base_url)
+    _, item_id = _pulled_ticket(api, source, wb_settings, clean_db)
+    _store_result(clean_db, item_id, draft="Refund approved.")
+    with transaction(clean_db) as session:
+        (write_back_id,) = plan_write_backs(session, [item_id], RUN, frozenset({"zd"}))
+    assert resend_due(wb_settings, source="zd") == 0, "a fresh row is being sent by after_results"
+    with transaction(clean_db) as session:  # planned a minute ago; its Celery message never arrived
+        session.execute(
+            update(WriteBackRow).values(created_at=WriteBackRow.created_at - timedelta(minutes=1))
+        )
+    assert resend_due(wb_settings, source="zd") == 1
+    assert resend_due(wb_settings, source="other") == 0
+    raw = redis_client(wb_settings.redis_url_value() or "").lrange("maintenance", 0, -1)
+    assert [json.loads(m)["headers"]["kwargsrepr"] for m in raw] == [repr({"write_back_id": write_back_id})]

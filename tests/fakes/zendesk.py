@@ -167,6 +167,9 @@ class FakeZendesk(FakeApi):
             start = request.arg("start_time")
             if start is None or not start.isdigit():
                 return Response(400, {"error": "InvalidValue", "description": "start_time is required"})
+            if int(start) > now - NEWEST_EXCLUDED_S:
+                description = "Too recent start_time. Use a start_time at least one minute in the past"
+                return Response(400, {"error": "InvalidValue", "description": description})
             after = (float(start) - 1e-6, 0)
         cutoff = now - NEWEST_EXCLUDED_S  # the newest minute is excluded, as documented
         with self._state:
