@@ -279,3 +279,58 @@ class AuditChainHead(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     row_hash: Mapped[bytes] = mapped_column(LargeBinary)
     occurred_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SourceHealth(Base):
+    """How polling one source goes: failures, back-off, and what was pulled or rejected (no PII)."""
+
+    __tablename__ = "source_health"
+
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # A PermanentError (auth, not found, bad config): a human must act; polled again only at the cap.
+    failing: Mapped[bool] = mapped_column(server_default=text("false"))
+    last_error: Mapped[str | None] = mapped_column(Text)  # "ErrorClass: message", never ticket text
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_poll_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    items_pulled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    items_rejected: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The latest rejections: [{"id": source's id or position, "reason": validation message}].
+    last_rejections: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+class WriteBackState(enum.StrEnum):
+    pending = "pending"  # to push (again after next_attempt_at when attempts > 0)
+    done = "done"
+    failed = "failed"  # permanent error or max attempts: a human must look
+
+
+class WriteBackRow(Base):
+    """One push of a triage result (tags, fields, draft note) to its source. The note text is not
+    stored here: it is built from the draft at push time."""
+
+    __tablename__ = "write_backs"
+    __table_args__ = (Index("ix_write_backs_state_next_attempt_at", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # Stable per (source, ticket, result): the connector embeds it in the note to recognise its own post.
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    triage_result_id: Mapped[int] = mapped_column(ForeignKey("triage_results.id", ondelete="CASCADE"))
+    draft_id: Mapped[int | None] = mapped_column(ForeignKey("drafts.id", ondelete="SET NULL"))
+    state: Mapped[WriteBackState] = mapped_column(_enum(WriteBackState, "write_back_state"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    receipt: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )

@@ -25,6 +25,8 @@ from ticketfleet.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLES = (
+    "write_backs",
+    "source_health",
     "audit_events",
     "audit_chain_head",
     "drafts",

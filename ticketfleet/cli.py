@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ticketfleet.cli_audit import audit_app
+from ticketfleet.cli_sources import sources_app
 from ticketfleet.settings import LANES, Settings, get_settings
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
+
+app.add_typer(sources_app, name="sources")
 console = Console(stderr=True)
 
 
@@ -369,6 +372,9 @@ def status() -> None:
     )
     for item_id, error in dead:
         out.print(f"[red]dead[/] item {item_id}: {error}")
+    from ticketfleet.cli_sources import print_sources_status
+
+    print_sources_status(out, settings)
 
 
 # --- classify ----------------------------------------------------------------------------------------

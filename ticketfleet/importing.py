@@ -76,19 +76,38 @@ def _commit_chunk(
     source: str,
     lane: LaneChoice,
 ) -> None:
-    to_send: dict[str, list[int]] = {}
     with transaction(database_url) as session:
         audit = AuditTrail("import")
         result = ingest_tickets(session, chunk, default_source=source, source_kind="file")
         report.tickets += result.tickets_seen
         report.new_messages += len(result.new_message_ids)
-        if lane and result.new_customer_message_ids:
-            for lane_name, message_ids in _by_lane(session, result.new_customer_message_ids, lane).items():
-                to_send[lane_name] = create_work_items(session, message_ids, lane_name, audit=audit)
+        to_send = queue_new_messages(session, result.new_customer_message_ids, lane, audit=audit)
         audit.write(session)  # last statement of the transaction (db/audit.py: lock order)
-    # Enqueue only after the commit: a worker must never receive an id it cannot see yet.
+    report.queued += send_queued(database_url, to_send, batch_size=settings.batch_size)
+
+
+def queue_new_messages(
+    session: Session, message_ids: list[int], lane: LaneChoice, *, audit: AuditTrail
+) -> dict[str, list[int]]:
+    """Work items for new customer messages, in the caller's transaction: lane → new item ids.
+
+    Shared by import and the source poller. Call :func:`send_queued` only after the commit.
+    """
+    to_send: dict[str, list[int]] = {}
+    if lane and message_ids:
+        for lane_name, ids in _by_lane(session, message_ids, lane).items():
+            to_send[lane_name] = create_work_items(session, ids, lane_name, audit=audit)
+    return to_send
+
+
+def send_queued(database_url: str, to_send: dict[str, list[int]], *, batch_size: int) -> int:
+    """Wake-ups for committed items. Enqueue only after the commit: a worker must never receive an
+    id it cannot see yet."""
+    queued = 0
     for lane_name, item_ids in to_send.items():
-        report.queued += send_wakeups(database_url, lane_name, item_ids, batch_size=settings.batch_size)
+        if item_ids:
+            queued += send_wakeups(database_url, lane_name, item_ids, batch_size=batch_size)
+    return queued
 
 
 def _by_lane(session: Session, message_ids: list[int], choice: str) -> dict[str, list[int]]:

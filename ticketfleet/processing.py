@@ -90,6 +90,8 @@ def process_lane_batch(
             failed += state == ItemState.failed
         # One INSERT for the whole batch, as the transaction's last statement (db/audit.py).
         audit.write(session)
+    if outputs:
+        _write_back_after_commit(settings, database_url, [o.item_id for o in outputs], engine)
     report = BatchReport(
         lane=lane,
         claimed=len(items),
@@ -101,6 +103,18 @@ def process_lane_batch(
     )
     log.info("batch %s", report.as_dict())
     return report
+
+
+def _write_back_after_commit(
+    settings: Settings, database_url: str, item_ids: list[int], engine: Engine
+) -> None:
+    """Results are committed: queue their write-backs. Never fails the batch (they are resent)."""
+    from ticketfleet.writeback import after_results
+
+    try:
+        after_results(settings, database_url, item_ids, run_identity(engine))
+    except Exception:
+        log.exception("planning write-backs failed; the results are stored")
 
 
 def review_output(output: EngineOutput, item: EngineInput, settings: Settings) -> Review:

@@ -111,6 +111,19 @@ class Settings(BaseSettings):
     # --- import ---------------------------------------------------------------------------------
     max_body_chars: int = Field(default=20_000, ge=1, description="Longer message bodies are rejected.")
 
+    # --- sources (connectors) -------------------------------------------------------------------
+    sources_file: Path = Field(
+        default=Path("sources.toml"),
+        description="TOML file of [[sources]] to poll and write back to (see docs/connectors.md).",
+    )
+    source_backoff_base_s: float = Field(
+        default=30.0, gt=0, description="First back-off of a failing source; doubles per failure."
+    )
+    source_backoff_cap_s: float = Field(
+        default=1800.0, gt=0, description="Longest back-off; a permanently failing source waits this."
+    )
+    write_back_max_attempts: int = Field(default=6, ge=1)
+
     @field_validator("gates")
     @classmethod
     def _known_gate_fields(cls, value: dict[str, GatePolicy]) -> dict[str, GatePolicy]:

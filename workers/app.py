@@ -27,6 +27,8 @@ MAINTENANCE_QUEUE = "maintenance"
 LANE_TASKS = {lane: f"ticketfleet.lane.{lane}" for lane in LANES}
 REAP_TASK = "ticketfleet.maintenance.reap"
 NIGHTLY_BACKLOG_TASK = "ticketfleet.maintenance.nightly_backlog"
+SOURCE_POLL_TASK = "ticketfleet.sources.poll"
+SOURCE_WRITE_BACK_TASK = "ticketfleet.sources.write_back"
 
 app = Celery("ticketfleet")
 
@@ -48,6 +50,8 @@ def configure(celery_app: Celery, settings: Settings, broker_url: str | None = N
             **{name: {"queue": lane} for lane, name in LANE_TASKS.items()},
             REAP_TASK: {"queue": MAINTENANCE_QUEUE},
             NIGHTLY_BACKLOG_TASK: {"queue": MAINTENANCE_QUEUE},
+            SOURCE_POLL_TASK: {"queue": MAINTENANCE_QUEUE},
+            SOURCE_WRITE_BACK_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         # The reaper, not Redis' visibility timeout, recovers lost work; keep redelivery rare.
         broker_transport_options={"visibility_timeout": 6 * 3600},
@@ -66,8 +70,31 @@ def configure(celery_app: Celery, settings: Settings, broker_url: str | None = N
                     day_of_week=day_of_week,
                 ),
             },
+            **source_poll_schedule(settings),
         },
     )
+
+
+def source_poll_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """One beat entry per enabled source, at its poll interval. A broken sources file schedules no
+    polls (and says why) rather than stopping the lanes' workers."""
+    from ticketfleet.sources import SourcesFileError, load_configured_sources
+
+    try:
+        sources = load_configured_sources(settings, require_secrets=False).enabled
+    except SourcesFileError as exc:
+        log.error("sources file unusable, no source is polled: %s", exc)
+        return {}
+    return {
+        f"poll-source-{source.name}": {
+            "task": SOURCE_POLL_TASK,
+            "schedule": source.poll_interval_seconds,
+            "kwargs": {"source": source.name},
+            # A tick older than one interval is pointless: the next one pulls the same changes.
+            "options": {"expires": source.poll_interval_seconds},
+        }
+        for source in sources
+    }
 
 
 configure(app, get_settings())
@@ -139,4 +166,5 @@ def register_lane(lane: str) -> Task:
 import workers.backlog  # noqa: E402
 import workers.chat  # noqa: E402
 import workers.maintenance  # noqa: E402
+import workers.sources  # noqa: E402
 import workers.tickets  # noqa: E402,F401
