@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ticketfleet.pii_cli import pii_app, redact_command
 from ticketfleet.settings import LANES, Settings, get_settings
 
 app = typer.Typer(
@@ -25,6 +26,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(pii_app, name="pii")
+app.command("redact")(redact_command)
 console = Console(stderr=True)
 
 
