@@ -33,19 +33,29 @@ _LAST_WORDS = re.compile(
     rf"(?i)\b(?:(?P<neg>(?:{_NEGATIVE})(?:s|es|nr|no|nummer|number|id)?\b)|(?P<pos>(?:{_POSITIVE})\w*))"
 )
 
-WINDOW = 32
+WINDOW = 48
+WORDS = 3
+# Where a clause ends: a number after "Ma commande n'est pas arrivée. " is not labelled by "commande".
+# A period only ends a clause after a word of 4+ letters, so "Tel. 0151…" and "n° 12" keep their label.
+_CLAUSE_END = re.compile(r"(?:[!?;,\n]|(?<=[^\W\d_]{4})\.)\s")
+_WORD = re.compile(r"[^\s]+")
 
 
 def preceding_label(text: str, start: int) -> str | None:
-    """"neg", "pos" or None: the label of the keyword nearest before ``start`` (within a short window).
+    """ "neg", "pos" or None: the label of the keyword nearest before ``start``.
 
-    Only the nearest keyword counts, so "order paid with card 4111…" is labelled by "card".
+    Only the last few words of the same clause count, and only the nearest keyword, so
+    "order paid with card 4111…" is labelled by "card".
     """
     window = text[max(0, start - WINDOW) : start]
-    last: str | None = None
-    for match in _LAST_WORDS.finditer(window):
-        last = "neg" if match.group("neg") else "pos"
-    # A '#' right before the number ("#100234") marks a reference, whatever came earlier.
+    ends = list(_CLAUSE_END.finditer(window))
+    if ends:
+        window = window[ends[-1].end() :]
+    # A '#' or '№' right before the number ("#100234") marks a reference.
     if window.rstrip().endswith(("#", "№")):
         return "neg"
+    words = _WORD.findall(window)[-WORDS:]
+    last: str | None = None
+    for match in _LAST_WORDS.finditer(" ".join(words)):
+        last = "neg" if match.group("neg") else "pos"
     return last

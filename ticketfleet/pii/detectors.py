@@ -84,7 +84,11 @@ def looks_random(token: str) -> bool:
     if not (any(c.islower() for c in token) and any(c.isupper() for c in token)):
         return False
     if sum(c.isdigit() for c in token) < 2:
-        return False
+        # Random base62 has no digit one time in 300 at 32 characters: then many capitals and many
+        # small letters, which CamelCase words do not have.
+        upper = sum(c.isupper() for c in token)
+        if len(token) < 24 or not 0.3 <= upper / len(token) <= 0.7:
+            return False
     return shannon_entropy(token) >= ENTROPY_BITS_PER_CHAR
 
 
@@ -98,7 +102,9 @@ def detect_secrets(text: str, context: DetectContext) -> Iterator[Span]:
 
 # --- IP addresses ----------------------------------------------------------------------------------
 
-_IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)")
+_IPV4 = re.compile(
+    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"
+)
 _IPV6 = re.compile(r"(?<![\w:])(?=[0-9A-Fa-f:]*:[0-9A-Fa-f:]*:)[0-9A-Fa-f:]{2,39}(?![\w:])")
 
 
@@ -144,43 +150,25 @@ def detect_ibans(text: str, context: DetectContext) -> Iterator[Span]:
 
 # Digit groups joined by single spaces or dashes ("4111 1111 1111 1111", "4111-1111-1111-1111").
 _DIGIT_RUN = re.compile(r"(?<![\w.,/])\d+(?:[ -]\d+)*(?![\w]|[.,/]\d)")
-_GROUP = re.compile(r"\d+")
 # Issuer prefixes: UATP/JCB-15 (1, 2131), Mastercard 2-series, Amex/Diners/JCB (3), Visa (4),
 # Mastercard/Maestro (5), Discover/UnionPay/Maestro (6). 7, 8, 9 and 0 are not card networks.
+# 0604 is a Maestro range.
 _CARD_FIRST_DIGITS = frozenset("123456")
 
 
 def _is_card(digits: str) -> bool:
-    return 12 <= len(digits) <= 19 and digits[0] in _CARD_FIRST_DIGITS and luhn.is_valid(digits)
+    if not 12 <= len(digits) <= 19 or not (digits[0] in _CARD_FIRST_DIGITS or digits.startswith("0604")):
+        return False
+    return luhn.is_valid(digits)
 
 
 def detect_cards(text: str, context: DetectContext) -> Iterator[Span]:
+    # The whole run of digit groups must be the card: twelve Luhn-valid digits cut out of a longer
+    # number (a card with a typo, a tracking number) are no card.
     for m in _DIGIT_RUN.finditer(text):
-        run = m.group()
-        if sum(c.isdigit() for c in run) < 12:
-            continue
-        groups = [(g.start(), g.end()) for g in _GROUP.finditer(run)]
-        i = 0
-        while i < len(groups):
-            found = None
-            # Longest run of whole groups starting at group i that is a valid card number.
-            for j in range(len(groups) - 1, i - 1, -1):
-                digits = re.sub(r"\D", "", run[groups[i][0] : groups[j][1]])
-                if len(digits) > 19:
-                    continue
-                if len(digits) < 12:
-                    break
-                if _is_card(digits):
-                    found = (j, digits)
-                    break
-            if found is None:
-                i += 1
-                continue
-            j, digits = found
-            start = m.start() + groups[i][0]
-            if preceding_label(text, start) != "neg":
-                yield Span(start, m.start() + groups[j][1], PiiKind.CARD, digits)
-            i = j + 1
+        digits = re.sub(r"\D", "", m.group())
+        if _is_card(digits) and preceding_label(text, m.start()) != "neg":
+            yield Span(m.start(), m.end(), PiiKind.CARD, digits)
 
 
 # --- phone numbers ---------------------------------------------------------------------------------
@@ -188,11 +176,17 @@ def detect_cards(text: str, context: DetectContext) -> Iterator[Span]:
 # A phone-shaped run: optional +/00, digits with spaces, dots, dashes, slashes or parentheses, and an
 # optional extension. phonenumbers decides whether (part of) it is a valid number.
 _PHONE_RUN = re.compile(
-    r"(?<![\w+/.-])(?<!\w[.-])(?:\+|\(\+?)?\d[\d \t().\-/]{5,24}\d(?:\s?(?:x|ext\.?|extension|#)\s?\d{1,6})?(?![\w]|[.,/-]\d)"
+    r"(?<![\w+/.-])(?<!\w[.-])(?:\+|\(\+?)?\d[\d \t().\-/]{5,24}\d"
+    r"(?:\s?(?:x|ext\.?|extension|#)\s?\d{1,6})?(?![\w]|[.,/-]\d)"
 )
 _DATE_OR_TIME = re.compile(
-    r"^(?:\d{1,4}[./-]\d{1,2}[./-]\d{1,4}|\d{1,2}:\d{2}(?::\d{2})?|\d{4}[./-]\d{1,2}[./-]\d{1,2}[ T]\d{1,2}:\d{2})$"
+    r"^(?:\d{1,4}[./-]\d{1,2}[./-]\d{1,4}|\d{1,2}:\d{2}(?::\d{2})?"
+    r"|\d{4}[./-]\d{1,2}[./-]\d{1,2}[ T]\d{1,2}:\d{2})$"
 )
+_EXTENSION = re.compile(r"\s?(?:x|ext\.?|extension|#)\s?\d{1,6}$")
+# "10.0.19045.3570": dotted groups with a one-digit group is a version, not "06.04.39.15.00".
+_VERSION = re.compile(r"^(?=.*(?:^|\.)\d(?:\.|$))\d+(?:\.\d+){2,}$")
+_CARD_SHAPE = re.compile(r"^\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?$")
 FALLBACK_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "BR", "IN", "MX", "PL", "SE")
 _MIN_PHONE_DIGITS = 7
 _LENIENCY = phonenumbers.Leniency.VALID
@@ -212,13 +206,17 @@ def _covers_all_digits(run: str, spans: list[tuple[int, int]]) -> bool:
 def detect_phones(text: str, context: DetectContext) -> Iterator[Span]:
     for m in _PHONE_RUN.finditer(text):
         run = m.group().rstrip(" \t(-./")
-        digits = sum(c.isdigit() for c in run)
-        if digits < _MIN_PHONE_DIGITS or digits > 17 or _DATE_OR_TIME.match(run):
+        international = run.startswith(("+", "(+", "00"))
+        digits = sum(c.isdigit() for c in _EXTENSION.sub("", run))
+        # E.164 allows 15 digits with the country code; a national number is shorter. Longer runs are
+        # card numbers, tracking numbers or several numbers in a row.
+        if not _MIN_PHONE_DIGITS <= digits <= (17 if international else 13):
+            continue
+        if _DATE_OR_TIME.match(run) or _VERSION.match(run) or _CARD_SHAPE.match(run):
             continue
         label = preceding_label(text, m.start())
         if label == "neg":
             continue
-        international = run.startswith(("+", "(+", "00"))
         formatted = any(c in run for c in " ()-./")
         # Hinted regions first. Other regions only for numbers that look like phones (formatted, or
         # introduced by "phone", "tel"…): a bare 10-digit number is valid somewhere in the world.
