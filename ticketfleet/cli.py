@@ -128,6 +128,7 @@ def import_(
     from connectors.files import FileFormatError
     from ticketfleet.dispatch import EnqueueError
     from ticketfleet.importing import import_file
+    from ticketfleet.pii.vault import PiiKeyError
 
     if lane not in ("none", "backlog", "live"):
         raise typer.BadParameter("--lane must be none, backlog or live")
@@ -145,7 +146,7 @@ def import_(
                 lane=None if lane == "none" else lane,
                 on_progress=lambda n: status.update(f"importing… {n} records"),
             )
-    except FileFormatError as exc:
+    except (FileFormatError, PiiKeyError) as exc:
         raise _fail(str(exc)) from exc
     except EnqueueError as exc:
         raise _fail(

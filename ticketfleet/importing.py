@@ -77,7 +77,7 @@ def _commit_chunk(
 ) -> None:
     to_send: dict[str, list[int]] = {}
     with transaction(database_url) as session:
-        result = ingest_tickets(session, chunk, default_source=source, source_kind="file")
+        result = ingest_tickets(session, chunk, default_source=source, source_kind="file", settings=settings)
         report.tickets += result.tickets_seen
         report.new_messages += len(result.new_message_ids)
         if lane and result.new_customer_message_ids:

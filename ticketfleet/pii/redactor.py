@@ -130,9 +130,19 @@ class ThreadRedactor:
         mapping: Mapping[str, str],
         context: DetectContext | None = None,
         detectors: Sequence[Detector] = DEFAULT_DETECTORS,
+        retired: Iterable[str] = (),
     ) -> ThreadRedactor:
-        """Continue a known thread: ``mapping`` is placeholder → original value (from the vault)."""
+        """Continue a known thread: ``mapping`` is placeholder → original value (from the vault).
+
+        ``retired`` placeholders (originals purged) only reserve their numbers: a new value never
+        takes the number of an old one that earlier messages still show.
+        """
         redactor = cls(context=context or DetectContext(), detectors=detectors)
+        for placeholder in retired:
+            m = PLACEHOLDER.fullmatch(placeholder)
+            if m is not None and m.group("kind") in PiiKind.__members__:
+                kind = PiiKind(m.group("kind"))
+                redactor.counters[kind] = max(redactor.counters.get(kind, 0), int(m.group("n")))
         for placeholder, original in mapping.items():
             m = PLACEHOLDER.fullmatch(placeholder)
             if m is None or m.group("kind") not in PiiKind.__members__:
