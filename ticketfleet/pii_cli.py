@@ -21,3 +21,25 @@ def redact_command() -> None:
         console.print(f"line {err.line}: {err.error}", markup=False, highlight=False)
     if errors:
         raise typer.Exit(1)
+
+
+@pii_app.command("purge")
+def purge_command() -> None:
+    """Erase vault originals past their retention; placeholders stay, and no longer rehydrate."""
+    from ticketfleet.maintenance import purge_pii_vault
+    from ticketfleet.settings import get_settings
+
+    try:
+        purged = purge_pii_vault(get_settings())
+    except RuntimeError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"purged {purged} vault entr{'y' if purged == 1 else 'ies'}")
+
+
+@pii_app.command("keygen")
+def keygen_command() -> None:
+    """Print a new random vault key (base64, 32 bytes) for TICKETFLEET_PII_KEY."""
+    from ticketfleet.pii.vault import generate_key
+
+    print(generate_key())

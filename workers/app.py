@@ -27,6 +27,7 @@ MAINTENANCE_QUEUE = "maintenance"
 LANE_TASKS = {lane: f"ticketfleet.lane.{lane}" for lane in LANES}
 REAP_TASK = "ticketfleet.maintenance.reap"
 NIGHTLY_BACKLOG_TASK = "ticketfleet.maintenance.nightly_backlog"
+PII_PURGE_TASK = "ticketfleet.maintenance.pii_purge"
 
 app = Celery("ticketfleet")
 
@@ -48,6 +49,7 @@ def configure(celery_app: Celery, settings: Settings, broker_url: str | None = N
             **{name: {"queue": lane} for lane, name in LANE_TASKS.items()},
             REAP_TASK: {"queue": MAINTENANCE_QUEUE},
             NIGHTLY_BACKLOG_TASK: {"queue": MAINTENANCE_QUEUE},
+            PII_PURGE_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         # The reaper, not Redis' visibility timeout, recovers lost work; keep redelivery rare.
         broker_transport_options={"visibility_timeout": 6 * 3600},
@@ -56,6 +58,7 @@ def configure(celery_app: Celery, settings: Settings, broker_url: str | None = N
         worker_hijack_root_logger=False,
         beat_schedule={
             "reap": {"task": REAP_TASK, "schedule": settings.reaper_interval_seconds},
+            "pii-purge": {"task": PII_PURGE_TASK, "schedule": 3600.0},  # vault retention, hourly
             "nightly-backlog": {
                 "task": NIGHTLY_BACKLOG_TASK,
                 "schedule": crontab(

@@ -149,6 +149,7 @@ def detect_ibans(text: str, context: DetectContext) -> Iterator[Span]:
 # --- payment cards ---------------------------------------------------------------------------------
 
 # Digit groups joined by single spaces or dashes ("4111 1111 1111 1111", "4111-1111-1111-1111").
+_DIGITS = re.compile(r"\d+")
 _DIGIT_RUN = re.compile(r"(?<![\w.,/])\d+(?:[ -]\d+)*(?![\w]|[.,/]\d)")
 # Issuer prefixes: UATP/JCB-15 (1, 2131), Mastercard 2-series, Amex/Diners/JCB (3), Visa (4),
 # Mastercard/Maestro (5), Discover/UnionPay/Maestro (6). 7, 8, 9 and 0 are not card networks.
@@ -163,12 +164,32 @@ def _is_card(digits: str) -> bool:
 
 
 def detect_cards(text: str, context: DetectContext) -> Iterator[Span]:
-    # The whole run of digit groups must be the card: twelve Luhn-valid digits cut out of a longer
-    # number (a card with a typo, a tracking number) are no card.
+    # Whole groups only, longest first: "JCB 15 180090736625859" holds a card after the "15". A
+    # Luhn-valid slice of a card-shaped run ("4191 5104 0939 9647" with a typo) is dropped later by
+    # the redactor's look-alike rule.
     for m in _DIGIT_RUN.finditer(text):
-        digits = re.sub(r"\D", "", m.group())
-        if _is_card(digits) and preceding_label(text, m.start()) != "neg":
-            yield Span(m.start(), m.end(), PiiKind.CARD, digits)
+        run = m.group()
+        if sum(c.isdigit() for c in run) < 12:
+            continue
+        groups = [(g.start(), g.end()) for g in _DIGITS.finditer(run)]
+        i = 0
+        while i < len(groups):
+            found = None
+            for j in range(len(groups) - 1, i - 1, -1):
+                digits = re.sub(r"\D", "", run[groups[i][0] : groups[j][1]])
+                if len(digits) < 12:
+                    break
+                if len(digits) <= 19 and _is_card(digits):
+                    found = (j, digits)
+                    break
+            if found is None:
+                i += 1
+                continue
+            j, digits = found
+            start = m.start() + groups[i][0]
+            if preceding_label(text, start) != "neg":
+                yield Span(start, m.start() + groups[j][1], PiiKind.CARD, digits)
+            i = j + 1
 
 
 # --- phone numbers ---------------------------------------------------------------------------------
