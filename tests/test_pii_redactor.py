@@ -39,7 +39,12 @@ from ticketfleet.pii import DetectContext, PiiKind, Span, ThreadRedactor, redact
         ("key sk-proj-abcdEFGH1234ijklMNOP5678qrst ok", None, "sk-proj-abcd", "<SECRET_1>"),
         ("aws AKIAIOSFODNN7EXAMPLE", None, "AKIAIOSFODNN7EXAMPLE", "<SECRET_1>"),
         ("slack xoxb-2215-8813-q9KfLpWm3sTx", None, "xoxb-2215", "<SECRET_1>"),
-        ("token Zq8mX2pL9vR4tY7wK1nB5cH3jD6fG0sA here", None, "Zq8mX2pL9vR4tY7wK1nB5cH3jD6fG0sA", "<SECRET_1>"),
+        (
+            "token Zq8mX2pL9vR4tY7wK1nB5cH3jD6fG0sA here",
+            None,
+            "Zq8mX2pL9vR4tY7wK1nB5cH3jD6fG0sA",
+            "<SECRET_1>",
+        ),
     ],
 )
 def test_each_type_is_replaced_by_its_placeholder(
