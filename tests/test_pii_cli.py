@@ -33,7 +33,7 @@ def test_redact_streams_jsonl_and_reports_bad_lines() -> None:
     out = [json.loads(line) for line in result.stdout.splitlines()]
     assert out == [
         {"id": "a", "text": "card <CARD_1>, mail <EMAIL_1>"},
-        {"id": "7", "text": "order #100234 shipped on 12.03.2024"},
+        {"id": 7, "text": "order #100234 shipped on 12.03.2024"},
     ]
     errors = result.stderr.splitlines()
     assert errors[0].startswith("line 2: ") and "Invalid JSON" in errors[0]

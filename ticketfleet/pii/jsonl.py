@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ticketfleet.pii.redactor import redact_text
 
@@ -19,19 +19,15 @@ from ticketfleet.pii.redactor import redact_text
 class RedactRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1)
+    # The id comes back exactly as given (string or integer), so lines can be joined back.
+    id: StrictStr | StrictInt
     text: str
     locale: str | None = Field(default=None, max_length=35)
     country: str | None = Field(default=None, min_length=2, max_length=2)
 
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_as_text(cls, value: object) -> object:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
 
 class RedactResponse(BaseModel):
-    id: str
+    id: StrictStr | StrictInt
     text: str
 
 
