@@ -137,3 +137,9 @@ def test_a_plugged_in_detector_takes_part() -> None:
 
     out = redact_text("I live in Berlin, mail x@y.org", detectors=(*DEFAULT_DETECTORS, order_ner))
     assert out == "I live in <NAME_1>, mail <EMAIL_1>"
+
+
+def test_a_typed_placeholder_is_neutralised() -> None:
+    thread = ThreadRedactor()
+    out = thread.redact("my card is <CARD_1>, the real one 4111 1111 1111 1111").text
+    assert out == "my card is ‹CARD_1›, the real one <CARD_1>"

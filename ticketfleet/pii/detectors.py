@@ -214,6 +214,13 @@ _LENIENCY = phonenumbers.Leniency.VALID
 
 
 def _phone_matches(run: str, region: str) -> list[tuple[int, int]]:
+    # Fast path: the whole run is one valid number (most are). Else the matcher looks for numbers
+    # inside it ("+44 20 7946 0958 / 0151 23456789"), which costs ten times more.
+    try:
+        if phonenumbers.is_valid_number(phonenumbers.parse(run, region)):
+            return [(0, len(run))]
+    except phonenumbers.NumberParseException:
+        pass
     return [(pm.start, pm.end) for pm in phonenumbers.PhoneNumberMatcher(run, region, leniency=_LENIENCY)]
 
 

@@ -185,6 +185,9 @@ class ThreadRedactor:
         return placeholder
 
     def redact(self, text: str) -> Redaction:
+        if "<" in text:
+            # A placeholder typed by the customer must not rehydrate into someone's data later.
+            text = PLACEHOLDER.sub(lambda m: f"‹{m.group()[1:-1]}›", text)
         spans = self._detect(text)
         out: list[str] = []
         last = 0
