@@ -77,7 +77,7 @@ class VaultCipher:
     @classmethod
     def from_settings(cls, settings: Settings) -> VaultCipher:
         encoded = settings.pii_key_value()
-        if encoded is None:
+        if not encoded:  # unset, or set to "" (docker compose passes an unset variable as empty)
             if not settings.pii_dev_key:
                 raise PiiKeyMissing(
                     "TICKETFLEET_PII_KEY is not set: tickets are not ingested without the PII vault key. "
