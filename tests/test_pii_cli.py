@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 
+import pytest
+from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
+from db.models import PiiVaultEntry, Ticket
+from db.session import transaction
 from tests.conftest import REPO_ROOT
 from ticketfleet.cli import app
+from ticketfleet.settings import get_settings
 
 
 def test_redact_streams_jsonl_and_reports_bad_lines() -> None:
@@ -55,3 +63,44 @@ def test_keygen_prints_a_usable_key() -> None:
     result = CliRunner().invoke(app, ["pii", "keygen"])
     assert result.exit_code == 0
     assert len(base64.b64decode(result.stdout.strip())) == 32
+
+
+@pytest.fixture
+def db_env(monkeypatch: pytest.MonkeyPatch, clean_db: str) -> Iterator[str]:
+    monkeypatch.setenv("TICKETFLEET_DATABASE_URL", clean_db)
+    get_settings.cache_clear()
+    yield clean_db
+    get_settings.cache_clear()
+
+
+def test_import_without_a_vault_key_stops_before_writing(
+    db_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TICKETFLEET_PII_KEY", "")
+    monkeypatch.setenv("TICKETFLEET_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"external_id": "a", "text": "card 4111 1111 1111 1111"}) + "\n")
+    result = CliRunner().invoke(app, ["import", str(path)])
+    assert result.exit_code == 2
+    assert "TICKETFLEET_PII_KEY is not set" in " ".join(result.output.split())
+    with transaction(db_env) as session:
+        assert session.execute(select(func.count()).select_from(Ticket)).scalar_one() == 0
+
+
+def test_pii_purge_erases_expired_originals(db_env: str, tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"external_id": "a", "text": "card 4111 1111 1111 1111, a@b.org"}) + "\n")
+    assert CliRunner().invoke(app, ["import", str(path)]).exit_code == 0
+    with transaction(db_env) as session:
+        session.execute(
+            update(PiiVaultEntry)
+            .where(PiiVaultEntry.placeholder == "<CARD_1>")
+            .values(purge_after=func.now() - timedelta(seconds=1))
+        )
+    result = CliRunner().invoke(app, ["pii", "purge"])
+    assert result.exit_code == 0, result.output
+    assert "purged 1 vault entry" in result.output
+    with transaction(db_env) as session:
+        sealed = dict(session.execute(select(PiiVaultEntry.placeholder, PiiVaultEntry.ciphertext)).all())
+    assert sealed["<CARD_1>"] is None and sealed["<EMAIL_1>"] is not None
