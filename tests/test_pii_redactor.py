@@ -13,6 +13,7 @@ from ticketfleet.pii import DetectContext, PiiKind, Span, ThreadRedactor, redact
         ("write to jane.doe+shop@example.co.uk please", None, "jane.doe+shop@example.co.uk", "<EMAIL_1>"),
         ("call me at +44 20 7946 0958 today", "en-GB", "7946 0958", "<PHONE_1>"),
         ("Rufen Sie 0151 23456789 an", "de-DE", "0151 23456789", "<PHONE_1>"),
+        ("appelez le 06.12.34.56.78 svp", "fr-FR", "06.12.34.56.78", "<PHONE_1>"),
         ("phone 217-977-6317x066 anytime", "en-US", "977-6317", "<PHONE_1>"),
         ("card 4111 1111 1111 1111 was charged", None, "4111 1111 1111 1111", "<CARD_1>"),
         ("Visa 19: 4586834497869073662", None, "4586834497869073662", "<CARD_1>"),
@@ -69,6 +70,8 @@ def test_each_type_is_replaced_by_its_placeholder(
         "IBAN DE88 3704 0044 0532 0130 00 has a wrong check digit",
         "NL86 FEYN 1805 3534 97 is not an IBAN",
         "we shipped 250 items in 3 boxes of 12 kg",
+        "placed on 2024-03-12 10:45, total EUR 1234567.89, due 12/03/2024",
+        "customer number 123456789, Kundennummer 4711 0815",
         "PyTorchModelHubMixin and TransformersEngineFactory are class names",
     ],
 )

@@ -16,6 +16,7 @@ _NEGATIVE = (
     r"ticket|case|ref|reference|referenz|référence|referencia|riferimento|ticketnummer|article|artikel|"
     r"sku|part|serial|seriennummer|version|build|release|kundennummer|customer\s+no|contract|"
     r"vertrag|contrat|contrato|policy|police|booking|buchung|réservation|reserva|prenotazione|flight|"
+    r"customer|kunde|kunden|client|cliente|klant|kund|asiakas|member|membership|mitglied|loyalty|"
     r"item|produkt|product|model|modell|modèle|modelo|licen[cs]e|lizenz|rma|awb|shipment"
 )
 _POSITIVE = (

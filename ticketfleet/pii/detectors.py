@@ -198,12 +198,17 @@ def detect_cards(text: str, context: DetectContext) -> Iterator[Span]:
 # optional extension. phonenumbers decides whether (part of) it is a valid number.
 _PHONE_RUN = re.compile(
     r"(?<![\w+/.-])(?<!\w[.-])(?:\+|\(\+?)?\d[\d \t().\-/]{5,24}\d"
-    r"(?:\s?(?:x|ext\.?|extension|#)\s?\d{1,6})?(?![\w]|[.,/-]\d)"
+    r"(?:\s?(?:x|ext\.?|extension|#)\s?\d{1,6})?(?![\w]|[.,/:-]\d)"
 )
 _DATE_OR_TIME = re.compile(
     r"^(?:\d{1,4}[./-]\d{1,2}[./-]\d{1,4}|\d{1,2}:\d{2}(?::\d{2})?"
     r"|\d{4}[./-]\d{1,2}[./-]\d{1,2}[ T]\d{1,2}:\d{2})$"
 )
+# A date anywhere in the run ("2024-03-12 10" before ":45"), or an amount ("1234567.89").
+_HAS_DATE = re.compile(
+    r"(?:19|20)\d{2}[./-]\d{1,2}[./-]\d{1,2}(?![\d.])|(?<![\d.])\d{1,2}[./]\d{1,2}[./](?:19|20)\d{2}(?![\d.])"
+)
+_AMOUNT = re.compile(r"^\d+[.,]\d{2}$")
 _EXTENSION = re.compile(r"\s?(?:x|ext\.?|extension|#)\s?\d{1,6}$")
 # "10.0.19045.3570": dotted groups with a one-digit group is a version, not "06.04.39.15.00".
 _VERSION = re.compile(r"^(?=.*(?:^|\.)\d(?:\.|$))\d+(?:\.\d+){2,}$")
@@ -240,7 +245,9 @@ def detect_phones(text: str, context: DetectContext) -> Iterator[Span]:
         # card numbers, tracking numbers or several numbers in a row.
         if not _MIN_PHONE_DIGITS <= digits <= (17 if international else 13):
             continue
-        if _DATE_OR_TIME.match(run) or _VERSION.match(run) or _CARD_SHAPE.match(run):
+        if _DATE_OR_TIME.match(run) or _VERSION.match(run) or _CARD_SHAPE.match(run) or _AMOUNT.match(run):
+            continue
+        if _HAS_DATE.search(run):
             continue
         label = preceding_label(text, m.start())
         if label == "neg":

@@ -240,7 +240,8 @@ def _match(raw: str, compact: str, before: str, regions: tuple[str, ...], whole_
         # IBAN) are a part of something else.
         trusted = (
             spec.strong
-            or (whole_run and spec.by_region and spec.country in regions)
+            # Only the ticket's most likely country: "en-GB" also hints US for phones, not for SSNs.
+            or (whole_run and spec.by_region and regions[:1] == (spec.country,))
             or (whole_run and spec.keywords is not None and spec.keywords.search(before) is not None)
             or (spec.formatted is not None and spec.formatted.fullmatch(raw) is not None)
         )
