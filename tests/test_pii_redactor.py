@@ -37,6 +37,7 @@ from ticketfleet.pii import DetectContext, PiiKind, Span, ThreadRedactor, redact
         ("v6 2001:db8:85a3::8a2e:370:7334 here", None, "2001:db8:85a3::8a2e:370:7334", "<IP_1>"),
         ("see https://shop.example/cb?token=abc123def456 now", None, "abc123def456", "<URL_SECRET_1>"),
         ("ftp://bob:hunter2@files.example/x", None, "hunter2", "<URL_SECRET_1>"),
+        ("DSN postgres://admin:s3cr3t@db.internal:5432/prod", None, "s3cr3t", "<URL_SECRET_1>"),
         ("key sk-proj-abcdEFGH1234ijklMNOP5678qrst ok", None, "sk-proj-abcd", "<SECRET_1>"),
         ("aws AKIAIOSFODNN7EXAMPLE", None, "AKIAIOSFODNN7EXAMPLE", "<SECRET_1>"),
         ("slack xoxb-2215-8813-q9KfLpWm3sTx", None, "xoxb-2215", "<SECRET_1>"),

@@ -34,7 +34,8 @@ def detect_emails(text: str, context: DetectContext) -> Iterator[Span]:
 
 # --- URLs with credentials or tokens ---------------------------------------------------------------
 
-_URL = re.compile(r"(?i)\b(?:https?|ftp|wss?)://[^\s<>\"'`]+")
+# Any scheme: connection strings (postgres://user:pass@host, amqp://, redis://) carry credentials too.
+_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,19}://[^\s<>\"'`]+")
 _SECRET_PARAMS = re.compile(
     r"(?i)^(?:.*token|.*secret|.*password|passwd|pwd|pass|.*key|sig|signature|x-amz-signature|"
     r"x-amz-credential|x-amz-security-token|auth|authorization|code|session|sessionid|sid|jwt|otp|"
