@@ -118,7 +118,11 @@ def main() -> None:
         embedded = EmbeddedServices(workdir / "services")
         urls = resolve(base, embedded=embedded)
         upgrade(urls.database_url)
-        settings = base.model_copy(update={"database_url": urls.database_url, "redis_url": urls.redis_url})
+        settings = base.model_copy(
+            # A throwaway store: its PII vault key may live in the temporary data dir.
+            update={"database_url": urls.database_url, "redis_url": urls.redis_url, "data_dir": workdir}
+            | ({"pii_dev_key": True} if base.pii_key is None else {})
+        )
         lines = sample_lines(args.items)
         engine = TransformersEngine.from_settings(settings)
         engine.process([EngineInput(item_id=0, thread=[ThreadMessage(role="customer", text="warm up")])])

@@ -2,19 +2,31 @@
 
 Everything happens in the caller's transaction, so a connector can advance its cursor in the same
 commit. Returned message ids are only the messages that are new, which is what gets work items.
+
+Personal data is redacted here, before any row is written, so every ingest path (file import,
+connectors) stores placeholders only: subject, messages and requester name/e-mail. The originals go
+to the encrypted vault (db/pii_vault.py). A follow-up to a known thread reuses the thread's mapping,
+so the same card number is the same ``<CARD_n>`` in every message. Without a vault key nothing is
+ingested (ticketfleet/pii/vault.py says why and what to do).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from db.models import Message, Source, Ticket
+from db.pii_vault import ThreadVault, load_threads, store_entries
 from ticketfleet.inbound import InboundTicket
+from ticketfleet.pii import DetectContext, PiiKind, ThreadRedactor, regions_for
+from ticketfleet.pii.vault import VaultCipher
+from ticketfleet.settings import Settings, get_settings
 
 
 @dataclass
@@ -34,12 +46,49 @@ def ensure_source(session: Session, name: str, kind: str) -> int:
     return int(session.execute(stmt).scalar_one())
 
 
+@dataclass
+class RedactedTicket:
+    subject: str | None
+    requester_name: str | None
+    requester_email: str | None
+    bodies: list[str]
+    new_originals: dict[str, str]
+
+
+def redact_thread(ticket: InboundTicket, vault: ThreadVault) -> RedactedTicket:
+    """Subject, messages and requester of one inbound ticket, redacted with its thread's mapping."""
+    known_names = [v for p, v in vault.mapping.items() if p.startswith(f"<{PiiKind.NAME.value}_")]
+    if ticket.requester and ticket.requester.name:
+        known_names.append(ticket.requester.name)
+    context = DetectContext(
+        regions=regions_for(ticket.locale, ticket.country), known_names=tuple(dict.fromkeys(known_names))
+    )
+    redactor = ThreadRedactor.from_mapping(vault.mapping, context=context, retired=vault.retired)
+    name, email = redactor.redact_requester(
+        ticket.requester.name if ticket.requester else None,
+        ticket.requester.email if ticket.requester else None,
+    )
+    subject = redactor.redact(ticket.subject).text if ticket.subject else ticket.subject
+    bodies = [redactor.redact(message.text).text for message in ticket.messages]
+    new = {p: v for p, v in redactor.values.items() if p not in vault.mapping}
+    return RedactedTicket(subject, name, email, bodies, new)
+
+
 def ingest_tickets(
-    session: Session, tickets: Sequence[InboundTicket], *, default_source: str, source_kind: str
+    session: Session,
+    tickets: Sequence[InboundTicket],
+    *,
+    default_source: str,
+    source_kind: str,
+    cipher: VaultCipher | None = None,
+    settings: Settings | None = None,
 ) -> IngestResult:
     result = IngestResult()
     if not tickets:
         return result
+    settings = settings or get_settings()
+    # Resolved first: without a key, nothing at all is written.
+    cipher = cipher or VaultCipher.from_settings(settings)
     # A later duplicate of the same ticket in one chunk wins: ON CONFLICT cannot touch a row twice
     # in one statement.
     by_key: dict[tuple[str, str], InboundTicket] = {}
@@ -47,14 +96,13 @@ def ingest_tickets(
         by_key[(ticket.source or default_source, ticket.external_id)] = ticket
     source_ids = {name: ensure_source(session, name, source_kind) for name, _ in by_key}
 
+    # The ticket rows go in without subject or requester: those are written below, redacted. The
+    # upsert locks each ticket row, so two ingests of one thread take turns on its vault mapping.
     rows = [
         {
             "source_id": source_ids[source],
             "external_id": ext_id,
             "channel": t.channel,
-            "subject": t.subject,
-            "requester_name": t.requester.name if t.requester else None,
-            "requester_email": t.requester.email if t.requester else None,
             "locale": t.locale,
             "country": t.country,
         }
@@ -64,7 +112,6 @@ def ingest_tickets(
     upsert = base_insert.on_conflict_do_update(
         constraint="uq_tickets_source_external",
         set_={
-            "subject": func.coalesce(base_insert.excluded.subject, Ticket.subject),
             "locale": func.coalesce(base_insert.excluded.locale, Ticket.locale),
             "country": func.coalesce(base_insert.excluded.country, Ticket.country),
             "updated_at": func.now(),
@@ -72,6 +119,33 @@ def ingest_tickets(
     ).returning(Ticket.id, Ticket.source_id, Ticket.external_id)
     ticket_ids = {(sid, ext): tid for tid, sid, ext in session.execute(upsert)}
     result.tickets_seen = len(ticket_ids)
+
+    vaults = load_threads(session, cipher, ticket_ids.values())
+    redacted: dict[int, RedactedTicket] = {}
+    for (source, ext_id), t in by_key.items():
+        ticket_id = ticket_ids[(source_ids[source], ext_id)]
+        redacted[ticket_id] = redact_thread(t, vaults[ticket_id])
+    store_entries(
+        session,
+        cipher,
+        {tid: r.new_originals for tid, r in redacted.items()},
+        timedelta(days=settings.pii_retention_days),
+    )
+    tickets_table = cast(Table, Ticket.__table__)
+    session.execute(
+        update(tickets_table)
+        .where(tickets_table.c.id == bindparam("b_id"))
+        .values(
+            subject=func.coalesce(bindparam("b_subject"), tickets_table.c.subject),
+            # The first requester seen stays (as before redaction: later duplicates do not rename it).
+            requester_name=func.coalesce(tickets_table.c.requester_name, bindparam("b_name")),
+            requester_email=func.coalesce(tickets_table.c.requester_email, bindparam("b_email")),
+        ),
+        [
+            {"b_id": tid, "b_subject": r.subject, "b_name": r.requester_name, "b_email": r.requester_email}
+            for tid, r in redacted.items()
+        ],
+    )
 
     # Positions continue after what is stored, so a follow-up appended to a known thread sorts last.
     next_position = dict(
@@ -85,14 +159,17 @@ def ingest_tickets(
     for (source, ext_id), t in by_key.items():
         ticket_id = ticket_ids[(source_ids[source], ext_id)]
         base = next_position.get(ticket_id, 0)
-        for offset, (msg, msg_ext_id) in enumerate(zip(t.messages, t.message_ids(), strict=True)):
+        bodies = redacted[ticket_id].bodies
+        for offset, (msg, msg_ext_id, body) in enumerate(
+            zip(t.messages, t.message_ids(), bodies, strict=True)
+        ):
             row = {
                 "ticket_id": ticket_id,
                 "external_id": msg_ext_id,
                 "position": base + offset,
                 "author_role": msg.role,
                 "channel": t.channel,
-                "body": msg.text,
+                "body": body,
             }
             if msg.created_at is not None:
                 row["created_at"] = msg.created_at

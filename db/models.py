@@ -9,6 +9,7 @@ Row life cycle::
                                     ├─< triage_results (one per message × model × prompt version)
                                     └─< drafts         (idem; status proposed/accepted/edited/rejected)
     connector_cursors (one per source) · audit_events (append-only, hash-chained) · audit_chain_head
+    tickets ─< pii_vault  (placeholder → AES-GCM ciphertext of the redacted original; docs/privacy.md)
 """
 
 from __future__ import annotations
@@ -334,3 +335,29 @@ class WriteBackRow(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
+
+
+class PiiVaultEntry(Base):
+    """One redacted original of a ticket thread, encrypted (ticketfleet/pii/vault.py).
+
+    Purging clears ``nonce``/``ciphertext`` and keeps the row, so the placeholder number is never
+    reused for another value in the same thread.
+    """
+
+    __tablename__ = "pii_vault"
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "placeholder", name="uq_pii_vault_ticket_placeholder"),
+        CheckConstraint("(nonce IS NULL) = (ciphertext IS NULL)", name="sealed_or_purged"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    placeholder: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str] = mapped_column(String(16))
+    nonce: Mapped[bytes | None] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    purge_after: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

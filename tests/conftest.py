@@ -8,6 +8,7 @@ the tests is flushed by the fault tests: do not point it at one you care about.
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import Iterator
@@ -24,9 +25,13 @@ from ticketfleet.services import EmbeddedServices, redis_client
 from ticketfleet.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# One PII vault key per test session, in the environment so that every Settings() (the fixture's, the
+# CLI's get_settings(), worker subprocesses) agrees on it. Production must set its own.
+os.environ.setdefault("TICKETFLEET_PII_KEY", base64.b64encode(os.urandom(32)).decode())
 TABLES = (
     "write_backs",
     "source_health",
+    "pii_vault",
     "audit_events",
     "audit_chain_head",
     "drafts",

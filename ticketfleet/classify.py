@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.files import LineError, describe_validation_error
 from ticketfleet.gates import apply_gates, needs_review
+from ticketfleet.pii import redact_text
 from ticketfleet.schemas import Engine, EngineInput, ThreadMessage, Triage
 from ticketfleet.settings import TRIAGE_FIELD_NAMES, GatePolicy
 
@@ -63,7 +64,8 @@ def classify_stream(
         inputs = [
             EngineInput(
                 item_id=i,
-                thread=[ThreadMessage(role="customer", text=r.text)],
+                # The model never reads personal data, here as in the fleet.
+                thread=[ThreadMessage(role="customer", text=redact_text(r.text, locale=r.locale))],
                 want_draft=False,
                 locale_hint=r.locale,
             )

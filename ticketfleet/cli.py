@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ticketfleet.cli_audit import audit_app
 from ticketfleet.cli_sources import sources_app
+from ticketfleet.pii_cli import pii_app, redact_command
 from ticketfleet.settings import LANES, Settings, get_settings
 
 app = typer.Typer(
@@ -30,6 +31,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 
 app.add_typer(sources_app, name="sources")
+
+app.add_typer(pii_app, name="pii")
+app.command("redact")(redact_command)
 console = Console(stderr=True)
 
 
@@ -130,6 +134,7 @@ def import_(
     from connectors.files import FileFormatError
     from ticketfleet.dispatch import EnqueueError
     from ticketfleet.importing import import_file
+    from ticketfleet.pii.vault import PiiKeyError
 
     if lane not in ("none", "backlog", "live"):
         raise typer.BadParameter("--lane must be none, backlog or live")
@@ -147,7 +152,7 @@ def import_(
                 lane=None if lane == "none" else lane,
                 on_progress=lambda n: status.update(f"importing… {n} records"),
             )
-    except FileFormatError as exc:
+    except (FileFormatError, PiiKeyError) as exc:
         raise _fail(str(exc)) from exc
     except EnqueueError as exc:
         raise _fail(

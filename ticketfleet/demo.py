@@ -135,6 +135,9 @@ def demo_item_ids(database_url: str) -> list[int]:
 
 def run_demo(settings: Settings, *, workers: int, limit: int | None, console: Console) -> bool:
     embedded = None
+    if settings.pii_key is None:
+        # The demo may keep its own PII vault key in the data dir; production must set TICKETFLEET_PII_KEY.
+        settings = settings.model_copy(update={"pii_dev_key": True})
     if not (settings.database_url_value() and settings.redis_url_value()):
         demo_dir = settings.data_dir / "demo"
         shutil.rmtree(demo_dir, ignore_errors=True)  # a fresh store each run: the demo is repeatable

@@ -78,7 +78,7 @@ def _commit_chunk(
 ) -> None:
     with transaction(database_url) as session:
         audit = AuditTrail("import")
-        result = ingest_tickets(session, chunk, default_source=source, source_kind="file")
+        result = ingest_tickets(session, chunk, default_source=source, source_kind="file", settings=settings)
         report.tickets += result.tickets_seen
         report.new_messages += len(result.new_message_ids)
         to_send = queue_new_messages(session, result.new_customer_message_ids, lane, audit=audit)

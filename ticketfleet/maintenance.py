@@ -80,3 +80,14 @@ def enqueue_backlog(settings: Settings, *, stale: bool, lane: str = "backlog") -
         item_ids = requeue_for_backlog(session, message_ids, lane, audit=audit)
         audit.write(session)
     return send_wakeups(database_url, lane, item_ids, batch_size=settings.batch_size)
+
+
+def purge_pii_vault(settings: Settings) -> int:
+    """Erase vault originals past their retention (``pii_retention_days`` after last activity)."""
+    from db.pii_vault import purge_expired
+
+    database_url = settings.database_url_value()
+    if not database_url:
+        raise RuntimeError("TICKETFLEET_DATABASE_URL must be set")
+    with transaction(database_url) as session:
+        return purge_expired(session)

@@ -134,7 +134,9 @@ def _store_page(
     # The configured name is the source of record, whatever a connector put in the item.
     items = [item.model_copy(update={"source": source.name}) for item in page.items]
     with transaction(database_url) as session:
-        result = ingest_tickets(session, items, default_source=source.name, source_kind=kind)
+        result = ingest_tickets(
+            session, items, default_source=source.name, source_kind=kind, settings=settings
+        )
         audit = AuditTrail(f"source:{source.name}")
         to_send = queue_new_messages(session, result.new_customer_message_ids, source.lane, audit=audit)
         source_rows.record_page(session, source_id, pulled=len(items), rejected=page.rejected)

@@ -124,6 +124,20 @@ class Settings(BaseSettings):
     )
     write_back_max_attempts: int = Field(default=6, ge=1)
 
+    # --- personal data (docs/privacy.md) --------------------------------------------------------
+    pii_key: SecretStr | None = Field(
+        default=None,
+        description="Master key of the PII vault: base64 of 32 random bytes (`ticketfleet pii keygen`). "
+        "Unset: ingest refuses to run, unless pii_dev_key is on.",
+    )
+    pii_dev_key: bool = Field(
+        default=False,
+        description="Demo/development only: without pii_key, create a key file in data_dir and use it.",
+    )
+    pii_retention_days: float = Field(
+        default=90.0, gt=0, description="Originals in the vault are purged this long after last activity."
+    )
+
     @field_validator("gates")
     @classmethod
     def _known_gate_fields(cls, value: dict[str, GatePolicy]) -> dict[str, GatePolicy]:
@@ -141,6 +155,9 @@ class Settings(BaseSettings):
 
     def database_url_value(self) -> str | None:
         return self.database_url.get_secret_value() if self.database_url else None
+
+    def pii_key_value(self) -> str | None:
+        return self.pii_key.get_secret_value() if self.pii_key else None
 
     def redis_url_value(self) -> str | None:
         return self.redis_url.get_secret_value() if self.redis_url else None

@@ -35,6 +35,7 @@ from connectors.base import Connector, ConnectorError, RateLimited, RetryableErr
 from connectors.registry import build_connector
 from db.audit import record_events
 from db.models import Draft, Message, Source, Ticket, TriageResult, WorkItem, WriteBackRow, WriteBackState
+from db.pii_vault import rehydrate
 from db.results import RunIdentity
 from db.session import transaction
 from ticketfleet.settings import TRIAGE_FIELD_NAMES, Settings
@@ -48,16 +49,6 @@ TAG_PREFIX = {"language": "lang", "sentiment": "sentiment", "intent": "intent", 
 CLAIM_LEASE = timedelta(minutes=5)
 RETRY_BASE_S = 30.0
 RETRY_CAP_S = 1800.0
-
-
-def _rehydrate(session: Session, ticket_id: int, text: str) -> str:
-    """The seam to the PII work: drafts are stored redacted; the agent sees the real names."""
-    try:
-        from ticketfleet.pii import rehydrate
-    except ImportError:
-        return text
-    result: str = rehydrate(session, ticket_id, text)
-    return result
 
 
 @dataclass
@@ -224,7 +215,11 @@ def resend_due(settings: Settings, *, source: str | None = None, limit: int = 50
 # --- pushing -----------------------------------------------------------------------------------------
 
 
-def build_write_back(session: Session, row: WriteBackRow, ticket_external_id: str) -> WriteBack:
+def build_write_back(
+    session: Session, row: WriteBackRow, ticket_external_id: str, *, settings: Settings
+) -> WriteBack:
+    """The push for one row; the draft is rehydrated (placeholders → originals) for the agent who reads
+    the note in the source system, and only here, at push time: the store keeps it redacted."""
     result = session.get(TriageResult, row.triage_result_id)
     if result is None:
         raise LookupError(f"triage result {row.triage_result_id} is gone")
@@ -233,7 +228,7 @@ def build_write_back(session: Session, row: WriteBackRow, ticket_external_id: st
     if row.draft_id is not None:
         draft = session.get(Draft, row.draft_id)
         if draft is not None and draft.check_result == "passed" and draft.body.strip():
-            note = _rehydrate(session, row.ticket_id, draft.body)
+            note = rehydrate(session, row.ticket_id, draft.body, settings=settings)
     return WriteBack(
         ticket_external_id=ticket_external_id,
         tags=tags,
@@ -280,7 +275,7 @@ def run_write_back(
             .join(Ticket, Ticket.source_id == Source.id)
             .where(Ticket.id == row.ticket_id)
         ).one()
-        write_back = build_write_back(session, row, ticket_ext)
+        write_back = build_write_back(session, row, ticket_ext, settings=settings)
         attempts = row.attempts
     configured = sources if sources is not None else load_sources(Path(settings.sources_file)).sources
     source = next((s for s in configured if s.name == source_name), None)

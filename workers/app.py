@@ -30,6 +30,8 @@ NIGHTLY_BACKLOG_TASK = "ticketfleet.maintenance.nightly_backlog"
 SOURCE_POLL_TASK = "ticketfleet.sources.poll"
 SOURCE_WRITE_BACK_TASK = "ticketfleet.sources.write_back"
 
+PII_PURGE_TASK = "ticketfleet.maintenance.pii_purge"
+
 app = Celery("ticketfleet")
 
 
@@ -52,6 +54,7 @@ def configure(celery_app: Celery, settings: Settings, broker_url: str | None = N
             NIGHTLY_BACKLOG_TASK: {"queue": MAINTENANCE_QUEUE},
             SOURCE_POLL_TASK: {"queue": MAINTENANCE_QUEUE},
             SOURCE_WRITE_BACK_TASK: {"queue": MAINTENANCE_QUEUE},
+            PII_PURGE_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         # The reaper, not Redis' visibility timeout, recovers lost work; keep redelivery rare.
         broker_transport_options={"visibility_timeout": 6 * 3600},
@@ -60,6 +63,7 @@ def configure(celery_app: Celery, settings: Settings, broker_url: str | None = N
         worker_hijack_root_logger=False,
         beat_schedule={
             "reap": {"task": REAP_TASK, "schedule": settings.reaper_interval_seconds},
+            "pii-purge": {"task": PII_PURGE_TASK, "schedule": 3600.0},  # vault retention, hourly
             "nightly-backlog": {
                 "task": NIGHTLY_BACKLOG_TASK,
                 "schedule": crontab(

@@ -10,7 +10,7 @@ from typing import Any
 
 from ticketfleet import maintenance
 from ticketfleet.settings import get_settings
-from workers.app import NIGHTLY_BACKLOG_TASK, REAP_TASK, app
+from workers.app import NIGHTLY_BACKLOG_TASK, PII_PURGE_TASK, REAP_TASK, app
 
 
 @app.task(name=REAP_TASK)
@@ -21,3 +21,8 @@ def reap() -> dict[str, Any]:
 @app.task(name=NIGHTLY_BACKLOG_TASK)
 def nightly_backlog() -> dict[str, Any]:
     return {"enqueued": maintenance.enqueue_backlog(get_settings(), stale=True)}
+
+
+@app.task(name=PII_PURGE_TASK)
+def pii_purge() -> dict[str, Any]:
+    return {"purged": maintenance.purge_pii_vault(get_settings())}

@@ -1,7 +1,7 @@
 """source health and write-backs
 
 Revision ID: c3d4e5f6a7b8
-Revises: a1e2d3c4b5f6
+Revises: b2f1c3d4e5a6
 Create Date: 2026-11-30 00:25:45.711062
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = 'c3d4e5f6a7b8'
-down_revision: str | None = 'a1e2d3c4b5f6'
+down_revision: str | None = 'b2f1c3d4e5a6'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
