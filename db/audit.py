@@ -35,7 +35,7 @@ ITEM_REQUEUED = "item.requeued"  # reaper: stuck/expired/failed → pending
 ITEM_BACKLOG = "item.backlog_requeued"  # backlog run: → pending on the backlog lane
 TRIAGE_DECIDED = "triage.decided"  # model decision: fields, confidences, gates, model + prompt version
 DRAFT_STATUS = "draft.status_changed"  # none → proposed at creation; proposed → accepted|edited|rejected
-WRITE_BACK = "ticket.written_back"  # tags/fields/note pushed to the source system
+# Write-backs (ticketfleet/writeback.py): "writeback.done" / "writeback.failed", pending → done|failed.
 
 
 @dataclass
@@ -130,27 +130,5 @@ def record_draft_status(
         before={"status": before} if before is not None else None,
         after={"status": after},
         data=data,
-        actor=actor,
-    )
-
-
-def record_write_back(
-    trail: AuditTrail,
-    ticket_id: int,
-    *,
-    idempotency_key: str,
-    tags: Sequence[str],
-    fields: Mapping[str, str],
-    note_sent: bool,
-    actor: str | None = None,
-) -> None:
-    """A write-back to the source system. Tags and field values are labels; the note (a draft,
-    rehydrated) is never recorded, only whether one was sent."""
-    trail.add(
-        WRITE_BACK,
-        "ticket",
-        ticket_id,
-        after={"tags": sorted(tags), "fields": dict(fields), "note_sent": note_sent},
-        data={"idempotency_key": idempotency_key},
         actor=actor,
     )

@@ -371,4 +371,6 @@ def _audit(
                 },
             )
         ],
+        before={row.id: {"state": WriteBackState.pending.value}},
+        after={row.id: {"state": event.removeprefix("writeback.")}},
     )
