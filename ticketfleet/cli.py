@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ticketfleet.serve import serve
 from ticketfleet.settings import LANES, Settings, get_settings
 
 app = typer.Typer(
@@ -412,6 +413,8 @@ def demo(
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
     raise typer.Exit(0 if ok else 1)
 
+
+app.command("serve")(serve)  # the HTTP API (ticketfleet/serve.py)
 
 if __name__ == "__main__":
     app()

@@ -144,19 +144,20 @@ async def read_limited(request: Request, limit: int) -> bytes:
         if not declared.strip().isdigit():
             raise ApiError(400, "bad_content_length", f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
-            raise ApiError(
-                413,
-                "body_too_large",
-                f"body of {int(declared)} bytes exceeds the limit of {limit} bytes",
-                limit=limit,
-            )
+            raise _too_large(f"body of {int(declared)} bytes exceeds the limit of {limit} bytes", limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             # Stop reading: whatever else the client sends is never buffered.
-            raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes", limit=limit)
+            raise _too_large(f"body exceeds the limit of {limit} bytes", limit)
     return bytes(body)
+
+
+def _too_large(message: str, limit: int) -> ApiError:
+    # Connection: close makes the server drop the connection after answering instead of draining
+    # (and discarding) whatever the client still sends; a client that keeps streaming sees it end.
+    return ApiError(413, "body_too_large", message, headers={"Connection": "close"}, limit=limit)
 
 
 def parse_json(body: bytes) -> Any:
