@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
 from db.models import AuthorRole, Draft, Message, Source, Ticket, TriageResult, WorkItem
@@ -33,7 +34,7 @@ def _latest_results(session: Session, message_ids: list[int]) -> dict[int, Triag
     rows = session.execute(
         select(TriageResult)
         .where(TriageResult.message_id.in_(message_ids))
-        .distinct(TriageResult.message_id)
+        .ext(distinct_on(TriageResult.message_id))
         .order_by(TriageResult.message_id, TriageResult.created_at.desc(), TriageResult.id.desc())
     ).scalars()
     return {row.message_id: row for row in rows}
@@ -43,7 +44,7 @@ def _latest_drafts(session: Session, message_ids: list[int]) -> dict[int, Draft]
     rows = session.execute(
         select(Draft)
         .where(Draft.message_id.in_(message_ids))
-        .distinct(Draft.message_id)
+        .ext(distinct_on(Draft.message_id))
         .order_by(Draft.message_id, Draft.created_at.desc(), Draft.id.desc())
     ).scalars()
     return {row.message_id: row for row in rows}
