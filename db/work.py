@@ -60,13 +60,11 @@ def create_work_items(session: Session, message_ids: Sequence[int], lane: str) -
     ]
     if not values:
         return []
+    # executemany: compiled once and cached (a multi-row VALUES list is compiled anew every call).
     stmt = (
-        insert(WorkItem)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=[WorkItem.message_id])
-        .returning(WorkItem.id)
+        insert(WorkItem).on_conflict_do_nothing(index_elements=[WorkItem.message_id]).returning(WorkItem.id)
     )
-    return [int(i) for i in session.execute(stmt).scalars()]
+    return [int(i) for i in session.connection().execute(stmt, values).scalars()]
 
 
 def mark_queued(session: Session, item_ids: Iterable[int]) -> None:
