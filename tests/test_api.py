@@ -10,6 +10,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +28,7 @@ from db.results import Review, RunIdentity, store_outputs
 from db.session import transaction
 from tests.support.api_server import ApiServer
 from ticketfleet.api import create_app
+from ticketfleet.api.service import ApiService
 from ticketfleet.schemas import EngineOutput, FieldPrediction, Triage
 from ticketfleet.services import redis_client
 from ticketfleet.settings import Settings
@@ -392,7 +397,9 @@ def test_zendesk_hook_verified_nudges_a_poll(client: httpx.Client, clean_db: str
     response = client.post("/v1/hooks/zendesk/zd", content=body, headers=headers)
     assert response.status_code == 202, response.text
     assert response.json()["poll"] == "nudged"
-    assert _poll_nudges(flushed_redis) == [("ticketfleet.sources.poll", {"source": "zd"})]
+    assert sorted(_poll_nudges(flushed_redis), key=lambda n: n[1]["source"]) == [
+        ("ticketfleet.sources.poll", {"source": "zd"})
+    ]
     assert counts(clean_db) == (0, 0, 0), "the hook payload must not be stored as data"
 
     forged = client.post("/v1/hooks/zendesk/zd", content=body.replace(b"35436", b"1"), headers=headers)
@@ -416,3 +423,51 @@ def test_zammad_hook_verified_nudges_a_poll(client: httpx.Client, flushed_redis:
     unsigned = client.post("/v1/hooks/zammad/zm", content=body)
     assert unsigned.status_code == 401 and "X-Hub-Signature" in unsigned.json()["message"]
     assert len(_poll_nudges(flushed_redis)) == 1
+
+
+def test_hooks_in_a_burst_coalesce_into_one_poll(api_settings: Settings, flushed_redis: str) -> None:
+    service = ApiService(api_settings.model_copy(update={"api_nudge_min_interval_s": 30.0}))
+    replies = [service.nudge_poll("zd", "zendesk").poll for _ in range(5)]
+    assert replies == ["nudged", "coalesced", "coalesced", "coalesced", "coalesced"]
+    assert service.nudge_poll("zm", "zammad").poll == "nudged", "another source is not held back"
+    assert _poll_nudges(flushed_redis) == [
+        ("ticketfleet.sources.poll", {"source": "zd"}),
+        ("ticketfleet.sources.poll", {"source": "zm"}),
+    ]
+
+
+def test_ticketfleet_serve_command_serves_the_api(database_url: str, redis_url: str) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TICKETFLEET_DATABASE_URL": database_url,
+        "TICKETFLEET_REDIS_URL": redis_url,
+        "TICKETFLEET_API_SOURCES": json.dumps({"shop": {"token": TOKEN}}),
+        "TICKETFLEET_API_OPS_TOKEN": "ops",
+    }
+    cmd = [sys.executable, "-m", "ticketfleet.cli", "serve", f"--port={port}", "--log-level=warning"]
+    server = subprocess.Popen(cmd, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"{url}/healthz", headers={"Authorization": "Bearer ops"}, timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, "ticketfleet serve exited"
+                assert time.monotonic() < deadline, "ticketfleet serve did not answer within 60 s"
+                time.sleep(0.2)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 401, "the ops token is required"
+        missing = httpx.get(f"{url}/v1/tickets/shop/none", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert missing.status_code == 404
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
