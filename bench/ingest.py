@@ -167,9 +167,16 @@ async def post_all(base_url: str, bodies: list[tuple[str, bytes]], concurrency: 
         return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc), to show cost apart from machine load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def webhook_path(
     records: list[dict[str, Any]], args: argparse.Namespace, database_url: str, redis_url: str
-) -> tuple[float, float]:
+) -> tuple[float, float, float, float]:
+    """Seconds for the bulk and chat phases, and the server's CPU seconds for each."""
     chats = [
         json.dumps(
             {
@@ -190,18 +197,22 @@ def webhook_path(
     server = start_server(database_url, redis_url, port, args.server_workers)
     try:
         base = f"http://127.0.0.1:{port}"
+        cpu0 = cpu_seconds(server.pid)
         bulk_s = asyncio.run(post_all(base, [("/v1/tickets", b) for b in batches], args.concurrency))
+        cpu1 = cpu_seconds(server.pid)
         chat_s = asyncio.run(post_all(base, [("/v1/chat", b) for b in chats], args.concurrency))
+        cpu2 = cpu_seconds(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return bulk_s, chat_s
+    return bulk_s, chat_s, cpu1 - cpu0, cpu2 - cpu1
 
 
 # --- (b) JSONL ------------------------------------------------------------------------------------
 
 
-def file_path(records: list[dict[str, Any]], settings: Settings, workdir: Path) -> float:
+def file_path(records: list[dict[str, Any]], settings: Settings, workdir: Path) -> tuple[float, float]:
+    """Seconds and this process's CPU seconds for the import."""
     path = workdir / "items.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     database_url = settings.database_url_value()
@@ -210,18 +221,18 @@ def file_path(records: list[dict[str, Any]], settings: Settings, workdir: Path) 
     from workers.app import configure
 
     configure(celery_app, settings, settings.redis_url_value())
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), time.process_time()
     report = import_file(path, settings=settings, database_url=database_url, source=SOURCE, lane="live")
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
     if report.errors or report.queued != len(records):
         raise RuntimeError(f"import: {report.queued} queued of {len(records)}, errors {report.errors[:3]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=20_000)
-    parser.add_argument("--chat", type=int, default=1_000, help="how many of the items are chat messages")
+    parser.add_argument("--chat", type=int, default=500, help="how many of the items are chat messages")
     parser.add_argument("--bulk-size", type=int, default=500, help="tickets per POST /v1/tickets")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--server-workers", type=int, default=1, help="uvicorn worker processes")
@@ -239,11 +250,11 @@ def main() -> None:
             redis_client(urls.redis_url).flushall()
             hook_db, file_db = fresh_database(urls.database_url), fresh_database(urls.database_url)
             try:
-                bulk_s, chat_s = webhook_path(records, args, hook_db, urls.redis_url)
+                bulk_s, chat_s, bulk_cpu, chat_cpu = webhook_path(records, args, hook_db, urls.redis_url)
                 hook_queued = queued_by_lane(hook_db)
                 redis_client(urls.redis_url).flushall()
                 settings = Settings(database_url=file_db, redis_url=urls.redis_url, _env_file=None)  # type: ignore[call-arg]
-                file_s = file_path(records, settings, workdir)
+                file_s, file_cpu = file_path(records, settings, workdir)
                 file_queued = queued_by_lane(file_db)
             finally:
                 drop_database(urls.database_url, hook_db)
@@ -262,14 +273,31 @@ def main() -> None:
     print(
         f"items: {args.items} ({n_bulk} tickets in bulk batches of {args.bulk_size}, {n_chat} chat messages)"
     )
-    print(f"concurrency {args.concurrency}, server workers {args.server_workers}, {os.cpu_count()} CPUs")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"concurrency {args.concurrency}, server workers {args.server_workers}, "
+        f"{os.cpu_count()} CPUs, load average {load}"
+    )
+    # items per CPU-second of the producing process (server / importer; PostgreSQL and Redis not
+    # counted): what one free core would do, apart from how busy the machine was.
     if n_bulk:
-        print(f"webhook bulk  POST /v1/tickets : {n_bulk / bulk_s:8.0f} items/s  ({bulk_s:.2f} s)")
+        print(
+            f"webhook bulk  POST /v1/tickets : {n_bulk / bulk_s:8.0f} items/s  ({bulk_s:.2f} s; "
+            f"{n_bulk / max(bulk_cpu, 1e-9):.0f} items per server CPU-s)"
+        )
     if n_chat:
-        print(f"webhook chat  POST /v1/chat    : {n_chat / chat_s:8.0f} items/s  ({chat_s:.2f} s)")
+        print(
+            f"webhook chat  POST /v1/chat    : {n_chat / chat_s:8.0f} items/s  ({chat_s:.2f} s; "
+            f"{n_chat / max(chat_cpu, 1e-9):.0f} items per server CPU-s)"
+        )
     print(f"webhook path, all items        : {hook_rate:8.0f} items/s  ({hook_s:.2f} s)")
-    print(f"JSONL import --lane live       : {file_rate:8.0f} items/s  ({file_s:.2f} s)")
+    print(
+        f"JSONL import --lane live       : {file_rate:8.0f} items/s  ({file_s:.2f} s; "
+        f"{args.items / max(file_cpu, 1e-9):.0f} items per importer CPU-s)"
+    )
     print(f"ratio webhook / JSONL          : {hook_rate / file_rate:8.2f}")
+    if n_bulk:
+        print(f"ratio webhook bulk / JSONL     : {(n_bulk / bulk_s) / file_rate:8.2f}")
     print(f"all {args.items} items queued on the right lane on both paths: {expected}")
 
 
