@@ -421,6 +421,8 @@ def test_zammad_hook_verified_nudges_a_poll(client: httpx.Client, flushed_redis:
     unsigned = client.post("/v1/hooks/zammad/zm", content=body)
     assert unsigned.status_code == 401 and "X-Hub-Signature" in unsigned.json()["message"]
     assert len(_poll_nudges(flushed_redis)) == 1
+    unknown = client.post("/v1/hooks/freshdesk/zm", content=body, headers=headers)
+    assert unknown.status_code == 404 and "freshdesk" in unknown.json()["message"]
 
 
 def test_hooks_in_a_burst_coalesce_into_one_poll(api_settings: Settings, flushed_redis: str) -> None:

@@ -5,8 +5,6 @@ the thread pool so the event loop keeps reading other requests.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +15,8 @@ from ticketfleet.api.metrics import ApiMetrics, MetricsMiddleware
 from ticketfleet.api.schemas import HookReply, IngestReply, TicketView
 from ticketfleet.api.service import ApiService
 from ticketfleet.settings import Settings, get_settings
+
+VENDORS = ("zendesk", "zammad")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -58,10 +58,11 @@ def create_app(settings: Settings) -> FastAPI:
         return await run_in_threadpool(service.ticket_view, source, external_id)
 
     @app.post("/v1/hooks/{vendor}/{source}", response_model=HookReply, status_code=202)
-    async def vendor_hook(
-        vendor: Literal["zendesk", "zammad"], source: str, request: Request
-    ) -> JSONResponse:
+    async def vendor_hook(vendor: str, source: str, request: Request) -> JSONResponse:
         """A verified Zendesk/Zammad webhook nudges a poll of the source; its payload is not stored."""
+        if vendor not in VENDORS:
+            known = ", ".join(VENDORS)
+            raise ApiError(404, "not_found", f"unknown webhook vendor {vendor!r}; known: {known}")
         admitted = await guard.admit_vendor_hook(request, vendor, source)
         reply = await run_in_threadpool(service.nudge_poll, admitted.source, vendor)
         metrics.nudges.labels(vendor, reply.poll).inc()
