@@ -25,13 +25,21 @@ class IngestResult:
 
 
 def ensure_source(session: Session, name: str, kind: str) -> int:
-    stmt = (
+    # Look up first. An upsert with DO UPDATE would lock the source's row until commit, so every
+    # concurrent ingest of one source (API requests, a poller, an import) would queue behind it.
+    lookup = select(Source.id).where(Source.name == name)
+    found = session.execute(lookup).scalar_one_or_none()
+    if found is not None:
+        return int(found)
+    inserted = session.execute(
         insert(Source)
         .values(name=name, kind=kind)
-        .on_conflict_do_update(index_elements=[Source.name], set_={"name": name})
+        .on_conflict_do_nothing(index_elements=[Source.name])
         .returning(Source.id)
-    )
-    return int(session.execute(stmt).scalar_one())
+    ).scalar_one_or_none()
+    # None: a concurrent transaction inserted it first; DO NOTHING waited for its commit, and this
+    # next statement's snapshot sees the row.
+    return int(inserted) if inserted is not None else int(session.execute(lookup).scalar_one())
 
 
 def ingest_tickets(
