@@ -37,13 +37,21 @@ class IngestResult:
 
 
 def ensure_source(session: Session, name: str, kind: str) -> int:
-    stmt = (
+    # Look up first. An upsert with DO UPDATE would lock the source's row until commit, so every
+    # concurrent ingest of one source (API requests, a poller, an import) would queue behind it.
+    lookup = select(Source.id).where(Source.name == name)
+    found = session.execute(lookup).scalar_one_or_none()
+    if found is not None:
+        return int(found)
+    inserted = session.execute(
         insert(Source)
         .values(name=name, kind=kind)
-        .on_conflict_do_update(index_elements=[Source.name], set_={"name": name})
+        .on_conflict_do_nothing(index_elements=[Source.name])
         .returning(Source.id)
-    )
-    return int(session.execute(stmt).scalar_one())
+    ).scalar_one_or_none()
+    # None: a concurrent transaction inserted it first; DO NOTHING waited for its commit, and this
+    # next statement's snapshot sees the row.
+    return int(inserted) if inserted is not None else int(session.execute(lookup).scalar_one())
 
 
 @dataclass
@@ -94,7 +102,8 @@ def ingest_tickets(
     by_key: dict[tuple[str, str], InboundTicket] = {}
     for ticket in tickets:
         by_key[(ticket.source or default_source, ticket.external_id)] = ticket
-    source_ids = {name: ensure_source(session, name, source_kind) for name, _ in by_key}
+    # One upsert per distinct source name, not per ticket (a 500-ticket chunk names one source).
+    source_ids = {name: ensure_source(session, name, source_kind) for name in {name for name, _ in by_key}}
 
     # The ticket rows go in without subject or requester: those are written below, redacted. The
     # upsert locks each ticket row, so two ingests of one thread take turns on its vault mapping.
@@ -108,7 +117,9 @@ def ingest_tickets(
         }
         for (source, ext_id), t in by_key.items()
     ]
-    base_insert = insert(Ticket).values(rows)
+    # executemany (SQLAlchemy's "insertmanyvalues") rather than .values(rows): the statement is
+    # compiled once and cached, where a 500-row VALUES list was compiled anew for every chunk.
+    base_insert = insert(Ticket)
     upsert = base_insert.on_conflict_do_update(
         constraint="uq_tickets_source_external",
         set_={
@@ -117,7 +128,7 @@ def ingest_tickets(
             "updated_at": func.now(),
         },
     ).returning(Ticket.id, Ticket.source_id, Ticket.external_id)
-    ticket_ids = {(sid, ext): tid for tid, sid, ext in session.execute(upsert)}
+    ticket_ids = {(sid, ext): tid for tid, sid, ext in session.connection().execute(upsert, rows)}
     result.tickets_seen = len(ticket_ids)
 
     vaults = load_threads(session, cipher, ticket_ids.values())
@@ -174,7 +185,7 @@ def ingest_tickets(
             if msg.created_at is not None:
                 row["created_at"] = msg.created_at
             message_rows.append(row)
-    # Rows with and without created_at must go in separate statements (multi-values needs equal keys).
+    # Rows with and without created_at must go in separate statements (executemany needs equal keys).
     for subset in (
         [r for r in message_rows if "created_at" in r],
         [r for r in message_rows if "created_at" not in r],
@@ -183,11 +194,10 @@ def ingest_tickets(
             continue
         stmt = (
             insert(Message)
-            .values(subset)
             .on_conflict_do_nothing(constraint="uq_messages_ticket_external")
             .returning(Message.id, Message.author_role)
         )
-        for message_id, role in session.execute(stmt):
+        for message_id, role in session.connection().execute(stmt, subset):
             result.new_message_ids.append(int(message_id))
             if role == "customer":
                 result.new_customer_message_ids.append(int(message_id))

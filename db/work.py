@@ -67,13 +67,13 @@ def create_work_items(
     ]
     if not values:
         return []
+    # executemany: compiled once and cached (a multi-row VALUES list is compiled anew every call).
     stmt = (
         insert(WorkItem)
-        .values(values)
         .on_conflict_do_nothing(index_elements=[WorkItem.message_id])
         .returning(WorkItem.id, WorkItem.message_id)
     )
-    created = session.execute(stmt).all()
+    created = session.connection().execute(stmt, values).all()
     for item_id, message_id in created:
         audit.state_change(
             events.ITEM_CREATED, item_id, None, ItemState.pending, lane=lane, message_id=message_id

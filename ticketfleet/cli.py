@@ -19,6 +19,7 @@ from rich.table import Table
 from ticketfleet.cli_audit import audit_app
 from ticketfleet.cli_sources import sources_app
 from ticketfleet.pii_cli import pii_app, redact_command
+from ticketfleet.serve import serve
 from ticketfleet.settings import LANES, Settings, get_settings
 
 app = typer.Typer(
@@ -425,6 +426,8 @@ def demo(
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
     raise typer.Exit(0 if ok else 1)
 
+
+app.command("serve")(serve)  # the HTTP API (ticketfleet/serve.py)
 
 if __name__ == "__main__":
     app()

@@ -19,15 +19,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from connectors.base import Connector, ConnectorError, PermanentError, PullPage, RateLimited
 from connectors.registry import build_connector
 from db import sources as source_rows
-from db.audit import AuditTrail
-from db.ingest import ingest_tickets
+from db.ingest import IngestResult
 from db.session import get_engine, transaction
-from ticketfleet.dispatch import EnqueueError
-from ticketfleet.importing import queue_new_messages, send_queued
+from ticketfleet.intake import store_and_queue
 from ticketfleet.settings import Settings
 from ticketfleet.sources import SourceConfig, load_configured_sources
 
@@ -133,25 +132,31 @@ def _store_page(
 ) -> None:
     # The configured name is the source of record, whatever a connector put in the item.
     items = [item.model_copy(update={"source": source.name}) for item in page.items]
-    with transaction(database_url) as session:
-        result = ingest_tickets(
-            session, items, default_source=source.name, source_kind=kind, settings=settings
-        )
-        audit = AuditTrail(f"source:{source.name}")
-        to_send = queue_new_messages(session, result.new_customer_message_ids, source.lane, audit=audit)
+
+    def advance_cursor(session: Session, _ingest: IngestResult) -> None:
+        # Same transaction as the page's items: a crash before commit re-reads the page, never skips it.
         source_rows.record_page(session, source_id, pulled=len(items), rejected=page.rejected)
         if page.cursor is not None:
             source_rows.save_cursor(session, source_id, page.cursor)
-        audit.write(session)  # last statement of the transaction (db/audit.py: lock order)
+
+    result = store_and_queue(
+        items,
+        settings=settings,
+        database_url=database_url,
+        source=source.name,
+        source_kind=kind,
+        lane=source.lane,
+        actor=f"source:{source.name}",
+        inspect=advance_cursor,
+    )
     for ref, reason in page.rejected:
         log.warning("source %s rejected %s: %s", source.name, ref, reason)
     report.pages += 1
     report.items += len(items)
-    report.new_messages += len(result.new_message_ids)
+    report.new_messages += len(result.ingest.new_message_ids)
     report.rejected += len(page.rejected)
-    try:
-        report.queued += send_queued(database_url, to_send, batch_size=settings.batch_size)
-    except EnqueueError as exc:
+    report.queued += result.queued
+    for exc in result.enqueue_errors:
         # Stored and pending: the reaper sends them. The cursor rightly stays advanced.
         log.warning("source %s: %s; the reaper will queue them", source.name, exc)
 

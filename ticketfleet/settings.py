@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -43,6 +43,21 @@ DEFAULT_GATES = {
     "intent": GatePolicy(),
     "priority": GatePolicy(),
 }
+
+
+class ApiSourceAuth(BaseModel):
+    """Credentials of one source that delivers to the HTTP API (``ticketfleet serve``).
+
+    A request authenticates with either an HMAC signature made with ``signing_secret`` or a bearer
+    ``token``; ``hook_secret`` is the vendor's webhook secret (Zendesk signing secret, Zammad HMAC
+    token) checked on ``/v1/hooks/{vendor}/{source}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    signing_secret: SecretStr | None = None
+    token: SecretStr | None = None
+    hook_secret: SecretStr | None = None
 
 
 class Settings(BaseSettings):
@@ -136,6 +151,22 @@ class Settings(BaseSettings):
     )
     pii_retention_days: float = Field(
         default=90.0, gt=0, description="Originals in the vault are purged this long after last activity."
+    )
+
+    # --- HTTP API (ticketfleet serve) -------------------------------------------------------------
+    api_sources: dict[str, ApiSourceAuth] = Field(
+        default_factory=dict,
+        description='Per-source API credentials, JSON: {"shop": {"signing_secret": "…", "token": "…"}}.',
+    )
+    api_max_body_bytes: int = Field(default=1 << 20, ge=1, description="Larger request bodies get 413.")
+    api_signature_tolerance_s: int = Field(
+        default=300, ge=1, description="Replay window: signed timestamps further from now are refused."
+    )
+    api_ops_token: SecretStr | None = Field(
+        default=None, description="When set, /healthz and /metrics need `Authorization: Bearer` with it."
+    )
+    api_nudge_min_interval_s: float = Field(
+        default=1.0, ge=0, description="Vendor webhooks for one source nudge at most one poll per interval."
     )
 
     @field_validator("gates")

@@ -1,0 +1,107 @@
+"""Store validated tickets and queue their new customer messages: the one path every producer takes.
+
+``ticketfleet import`` (a file, chunk by chunk) and the HTTP API (a request) both call
+:func:`store_and_queue`: tickets, messages and work items are written in ONE transaction; only after
+it committed are wake-ups sent, so a worker never receives an id it cannot see. A failed send loses
+nothing: the items stay ``pending`` and the reaper sends them later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.audit import AuditTrail
+from db.ingest import IngestResult, ingest_tickets
+from db.models import Channel, Message
+from db.session import transaction
+from db.work import create_work_items
+from ticketfleet.dispatch import EnqueueError, send_wakeups
+from ticketfleet.inbound import InboundTicket
+from ticketfleet.settings import Settings
+
+# "backlog"/"chat"/"tickets": that lane; "live": chat messages → chat, tickets → tickets; None: store only.
+LaneChoice = str | None
+
+
+@dataclass
+class IntakeResult:
+    ingest: IngestResult
+    work_items: dict[str, list[int]] = field(default_factory=dict)  # lane → new work-item ids
+    queued: int = 0
+    # Lanes whose wake-ups could not be sent; those items stay pending until the reaper sends them.
+    enqueue_errors: list[EnqueueError] = field(default_factory=list)
+
+
+def store_and_queue(
+    tickets: Sequence[InboundTicket],
+    *,
+    settings: Settings,
+    database_url: str,
+    source: str,
+    source_kind: str,
+    lane: LaneChoice,
+    actor: str = "intake",
+    inspect: Callable[[Session, IngestResult], None] | None = None,
+) -> IntakeResult:
+    """Ingest ``tickets`` idempotently (redacted on the way in), create work items on ``lane``, commit,
+    then send wake-ups.
+
+    ``inspect`` runs inside the transaction after the ingest: the API reports per record what was new;
+    the source poller advances its cursor there, so the cursor commits together with its page.
+    """
+    with transaction(database_url) as session:
+        audit = AuditTrail(actor)
+        ingest = ingest_tickets(
+            session, tickets, default_source=source, source_kind=source_kind, settings=settings
+        )
+        result = IntakeResult(ingest=ingest)
+        result.work_items = queue_new_messages(session, ingest.new_customer_message_ids, lane, audit=audit)
+        if inspect is not None:
+            inspect(session, ingest)
+        audit.write(session)  # last statement of the transaction (db/audit.py: lock order)
+    result.queued, result.enqueue_errors = send_queued(
+        database_url, result.work_items, batch_size=settings.batch_size
+    )
+    return result
+
+
+def queue_new_messages(
+    session: Session, message_ids: list[int], lane: LaneChoice, *, audit: AuditTrail
+) -> dict[str, list[int]]:
+    """Work items for new customer messages, in the caller's transaction: lane → new item ids."""
+    to_send: dict[str, list[int]] = {}
+    if lane and message_ids:
+        for lane_name, ids in by_lane(session, message_ids, lane).items():
+            to_send[lane_name] = create_work_items(session, ids, lane_name, audit=audit)
+    return to_send
+
+
+def send_queued(
+    database_url: str, to_send: dict[str, list[int]], *, batch_size: int
+) -> tuple[int, list[EnqueueError]]:
+    """Wake-ups for committed items (never call it before the commit: a worker must never receive an
+    id it cannot see). Every lane is tried; a lane the broker refused stays pending for the reaper."""
+    queued, errors = 0, []
+    for lane_name, item_ids in to_send.items():
+        if not item_ids:
+            continue
+        try:
+            queued += send_wakeups(database_url, lane_name, item_ids, batch_size=batch_size)
+        except EnqueueError as exc:
+            errors.append(exc)
+    return queued, errors
+
+
+def by_lane(session: Session, message_ids: list[int], choice: str) -> dict[str, list[int]]:
+    """ "live" routes chat messages to the chat lane and tickets to the tickets lane."""
+    if choice != "live":
+        return {choice: message_ids}
+    lanes: dict[str, list[int]] = {}
+    rows = session.execute(select(Message.id, Message.channel).where(Message.id.in_(message_ids)))
+    for message_id, channel in rows:
+        lanes.setdefault("chat" if channel == Channel.chat else "tickets", []).append(message_id)
+    return lanes
