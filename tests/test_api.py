@@ -380,7 +380,7 @@ def test_health_and_metrics(client: httpx.Client) -> None:
 
 def _poll_nudges(redis_url: str) -> list[tuple[str, dict[str, Any]]]:
     out = []
-    for message in queued_messages(redis_url, "maintenance"):
+    for message in queued_messages(redis_url, "sources"):
         _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
         out.append((message["headers"]["task"], kwargs))
     return out

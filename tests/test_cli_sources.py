@@ -113,11 +113,11 @@ def test_beat_schedules_one_poll_per_enabled_source(sources_env: Path) -> None:
     }
 
 
-def test_source_tasks_run_and_are_routed_to_maintenance(sources_env: Path) -> None:
+def test_source_tasks_run_and_are_routed_to_the_sources_queue(sources_env: Path) -> None:
     from workers.app import SOURCE_POLL_TASK, SOURCE_WRITE_BACK_TASK, app
     from workers.sources import poll
 
     for task in (SOURCE_POLL_TASK, SOURCE_WRITE_BACK_TASK):
-        assert app.amqp.router.route({}, task)["queue"].name == "maintenance"
+        assert app.amqp.router.route({}, task)["queue"].name == "sources"
     result = poll.run(source="drop")
     assert result["items"] == 1 and result["error"] is None and result["write_backs_resent"] == 0

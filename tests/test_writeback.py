@@ -216,7 +216,7 @@ def test_after_results_plans_only_for_write_back_sources_and_queues_ids_only(
     sources_file.write_text(sources_file.read_text().replace("write_back = false", "write_back = true"))
     on = wb_settings.model_copy(update={"sources_file": sources_file})
     assert after_results(on, clean_db, [item_id], RUN) == 1
-    raw = redis_client(wb_settings.redis_url_value() or "").lrange("maintenance", 0, -1)
+    raw = redis_client(wb_settings.redis_url_value() or "").lrange("sources", 0, -1)
     assert len(raw) == 1
     message = json.loads(raw[0])
     assert message["headers"]["task"] == "ticketfleet.sources.write_back"
@@ -281,5 +281,5 @@ def test_a_write_back_whose_message_was_lost_is_resent_by_the_poll_sweep(
         )
     assert resend_due(wb_settings, source="zd") == 1
     assert resend_due(wb_settings, source="other") == 0
-    raw = redis_client(wb_settings.redis_url_value() or "").lrange("maintenance", 0, -1)
+    raw = redis_client(wb_settings.redis_url_value() or "").lrange("sources", 0, -1)
     assert [json.loads(m)["headers"]["kwargsrepr"] for m in raw] == [repr({"write_back_id": write_back_id})]

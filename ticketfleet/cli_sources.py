@@ -143,6 +143,40 @@ def poll_source(
         time.sleep(source.poll_interval_seconds)
 
 
+@sources_app.command("worker")
+def sources_worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Polls and write-backs run at once (threads).")] = 4,
+    name: Annotated[str | None, typer.Option(help="Celery node name (default: sources@host).")] = None,
+    loglevel: str = "INFO",
+) -> None:
+    """Run the worker that polls sources and pushes write-backs (the `sources` queue). It loads no
+    model: run one or two per fleet, on a host that holds the ticket systems' credentials."""
+    settings = get_settings()
+    if not settings.database_url_value():
+        console.print("[bold red]error:[/] TICKETFLEET_DATABASE_URL is not set")
+        raise typer.Exit(2)
+    _load(settings)  # a broken sources file or a missing secret stops it here, with the reason
+    from ticketfleet.cli import _configure_broker
+    from workers.app import SOURCES_QUEUE
+    from workers.app import app as celery_app
+
+    _configure_broker(settings)
+    # The thread pool: these tasks wait on the network, and no model is loaded in a thread pool
+    # (workers/app.py loads the engine only for the solo pool and in prefork children).
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--queues={SOURCES_QUEUE}",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            f"--hostname={name or 'sources@%h'}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
 def print_sources_status(out: Console, settings: Settings) -> None:
     """The "sources" section of `ticketfleet status`."""
     try:

@@ -24,6 +24,10 @@ from ticketfleet.settings import LANES, Settings, get_settings
 log = logging.getLogger(__name__)
 
 MAINTENANCE_QUEUE = "maintenance"
+# Polls and write-backs talk to ticket systems: network waits, rate-limit sleeps and credentials. They
+# get their own queue, consumed by `ticketfleet sources worker` (a thread pool without a model), so a
+# GPU worker never holds a batch slot while a source's Retry-After runs out, nor needs its secrets.
+SOURCES_QUEUE = "sources"
 LANE_TASKS = {lane: f"ticketfleet.lane.{lane}" for lane in LANES}
 REAP_TASK = "ticketfleet.maintenance.reap"
 NIGHTLY_BACKLOG_TASK = "ticketfleet.maintenance.nightly_backlog"
@@ -46,14 +50,14 @@ def configure(celery_app: Celery, settings: Settings, broker_url: str | None = N
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(name) for name in (*LANES, MAINTENANCE_QUEUE)],
+        task_queues=[Queue(name) for name in (*LANES, MAINTENANCE_QUEUE, SOURCES_QUEUE)],
         task_default_queue="tickets",
         task_routes={
             **{name: {"queue": lane} for lane, name in LANE_TASKS.items()},
             REAP_TASK: {"queue": MAINTENANCE_QUEUE},
             NIGHTLY_BACKLOG_TASK: {"queue": MAINTENANCE_QUEUE},
-            SOURCE_POLL_TASK: {"queue": MAINTENANCE_QUEUE},
-            SOURCE_WRITE_BACK_TASK: {"queue": MAINTENANCE_QUEUE},
+            SOURCE_POLL_TASK: {"queue": SOURCES_QUEUE},
+            SOURCE_WRITE_BACK_TASK: {"queue": SOURCES_QUEUE},
             PII_PURGE_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         # The reaper, not Redis' visibility timeout, recovers lost work; keep redelivery rare.

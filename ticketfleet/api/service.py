@@ -42,7 +42,7 @@ from ticketfleet.settings import Settings
 log = logging.getLogger(__name__)
 
 POLL_TASK = "ticketfleet.sources.poll"  # defined by the sources poller; we only send it
-POLL_QUEUE = "maintenance"
+POLL_QUEUE = "sources"  # workers.app.SOURCES_QUEUE, consumed by `ticketfleet sources worker`
 TRIAGE_FIELDS = ("language", "sentiment", "intent", "priority")
 
 
