@@ -4,6 +4,7 @@ result even when a timed-out PUT did land, an audit event without text, Celery m
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -283,3 +284,28 @@ def test_a_write_back_whose_message_was_lost_is_resent_by_the_poll_sweep(
     assert resend_due(wb_settings, source="other") == 0
     raw = redis_client(wb_settings.redis_url_value() or "").lrange("sources", 0, -1)
     assert [json.loads(m)["headers"]["kwargsrepr"] for m in raw] == [repr({"write_back_id": write_back_id})]
+
+
+def test_the_note_is_rehydrated_for_the_agent_but_stored_redacted(
+    zendesk: tuple[FakeZendesk, str], wb_settings: Settings, clean_db: str
+) -> None:
+    api, base_url = zendesk
+    source = _source(api, base_url)
+    zendesk_id = api.create_ticket(subject="Refund", text="Please refund, write to ana.lopez@example.org")
+    api.advance(61)
+    assert poll_source(source, settings=wb_settings, database_url=clean_db, force=True).error is None
+    with transaction(clean_db) as session:
+        item_id, body = session.execute(
+            select(WorkItem.id, Message.body).join(Message, Message.id == WorkItem.message_id)
+        ).one()
+    placeholder = body.rsplit(" ", 1)[-1]
+    assert "ana.lopez" not in body and re.fullmatch(r"<EMAIL_\d+>", placeholder), body
+    _store_result(clean_db, item_id, draft=f"We will write to {placeholder} once the refund is sent.")
+    with transaction(clean_db) as session:
+        ids = plan_write_backs(session, [item_id], RUN, frozenset({"zd"}))
+    assert run_write_back(ids[0], wb_settings, sources=[source]).state == "done"
+    notes = [c["body"] for c in api.comments[zendesk_id] if not c["public"]]
+    assert len(notes) == 1 and notes[0].startswith("We will write to ana.lopez@example.org once")
+    with transaction(clean_db) as session:
+        stored = session.execute(select(Draft.body)).scalar_one()
+    assert placeholder in stored and "ana.lopez" not in stored
