@@ -1,4 +1,4 @@
-"""Zammad connector: ticket search by ``updated_at``, articles, tags, shared drafts; webhook signatures.
+"""Zammad connector: ticket search by ``updated_at``, articles, tags, shared drafts.
 
 Endpoints (https://docs.zammad.org/en/latest/api/):
 
@@ -24,15 +24,13 @@ Endpoints (https://docs.zammad.org/en/latest/api/):
 Auth: ``Authorization: Token token=<access token>`` (permissions ``ticket.agent``; ``admin.tag`` is not
 needed to add existing or new tags to tickets an agent can change).
 
-:func:`verify_zammad_webhook` checks a trigger webhook's ``X-Hub-Signature: sha1=<hex>`` (HMAC-SHA1 of
-the raw body with the webhook's signature token) for the webhook endpoint.
+Trigger webhooks' ``X-Hub-Signature: sha1=<hex>`` is checked by
+:func:`connectors.webhook_signatures.verify_zammad_webhook`, the one implementation the HTTP API uses.
 """
 
 from __future__ import annotations
 
 import email.utils
-import hashlib
-import hmac
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
@@ -337,18 +335,6 @@ class ZammadConnector(Connector):
         me = expect(self._call("GET", "/api/v1/users/me"), dict, "GET /api/v1/users/me", self.name)
         who = me.get("email") or me.get("login") or f"user {me.get('id')}"
         return f"Zammad at {self.http.client.base_url} as {who}"
-
-
-def verify_zammad_webhook(secret: str | bytes, body: bytes, signature_header: str | None) -> bool:
-    """Whether ``X-Hub-Signature: sha1=<hex>`` is the HMAC-SHA1 of ``body`` under ``secret``."""
-    if not signature_header or not secret:
-        return False
-    algorithm, _, digest = signature_header.strip().partition("=")
-    if algorithm.strip().lower() != "sha1" or not digest:
-        return False
-    key = secret.encode() if isinstance(secret, str) else secret
-    expected = hmac.new(key, body, hashlib.sha1).hexdigest()
-    return hmac.compare_digest(expected, digest.strip().lower())
 
 
 def from_config(
