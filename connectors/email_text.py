@@ -8,12 +8,12 @@ problem is returned as a note, so one badly labelled message never costs the oth
 from __future__ import annotations
 
 import codecs
-import html
 import re
 from dataclasses import dataclass, field
 from email.header import decode_header
 from email.message import Message
-from html.parser import HTMLParser
+
+from connectors.html_text import MAIL_BLOCKS, MAIL_HIDDEN, visible_text
 
 # Labels that mail clients write but mean a superset in practice (the WHATWG encoding standard does the
 # same for browsers): a "Shift_JIS" mail with NEC/IBM extensions, or "iso-8859-1" with curly quotes.
@@ -93,80 +93,12 @@ def decode_header_value(value: object) -> tuple[str, list[str]]:
     return re.sub(r"\s+", " ", "".join(out)).strip(), notes
 
 
-class _HtmlToText(HTMLParser):
-    """Visible text of an HTML body; block elements become line breaks, quoted replies are dropped."""
-
-    SKIP = frozenset({"script", "style", "head", "title", "template"})
-    BLOCK = frozenset(
-        {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "hr", "pre"}
-    )
-
-    def __init__(self, *, drop_quotes: bool) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self.dropped_quote = False
-        self._drop_quotes = drop_quotes
-        self._skip_depth = 0
-        self._quote_depth = 0  # >0 inside a cited reply: counts the divs/blockquotes opened within it
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self.SKIP:
-            self._skip_depth += 1
-        if self._quote_depth:
-            if tag in ("blockquote", "div"):
-                self._quote_depth += 1
-        elif self._drop_quotes and self._is_quote(tag, dict(attrs)):
-            self._quote_depth = 1
-            self.dropped_quote = True
-        if tag in self.BLOCK:
-            self.chunks.append("\n")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self.BLOCK:
-            self.chunks.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIP and self._skip_depth:
-            self._skip_depth -= 1
-        if self._quote_depth and tag in ("blockquote", "div"):
-            self._quote_depth -= 1
-        if tag in self.BLOCK:
-            self.chunks.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip_depth and not self._quote_depth:
-            self.chunks.append(data)
-
-    @staticmethod
-    def _is_quote(tag: str, attrs: dict[str, str | None]) -> bool:
-        # Cited replies as the big clients write them: <blockquote type="cite"> (Apple, Thunderbird),
-        # <div class="gmail_quote"> (Gmail). Plain <blockquote> may be the customer's own quotation: kept.
-        if tag == "blockquote" and (attrs.get("type") or "").lower() == "cite":
-            return True
-        return tag == "div" and "gmail_quote" in (attrs.get("class") or "").split()
-
-    def text(self) -> str:
-        joined = "".join(self.chunks).replace("\xa0", " ")
-        lines = [re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in joined.split("\n")]
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def _parse_html(markup: str, *, drop_quotes: bool) -> tuple[str, bool]:
-    parser = _HtmlToText(drop_quotes=drop_quotes)
-    try:
-        parser.feed(markup)
-        parser.close()
-    except Exception:  # html.parser is lenient; this only guards against the unexpected
-        return html.unescape(re.sub(r"<[^>]+>", " ", markup)).strip(), False
-    return parser.text(), parser.dropped_quote
-
-
 def html_to_text(markup: str) -> str:
     """Visible text of an HTML mail body (no scripts, styles or cited replies); never raises."""
-    text, dropped = _parse_html(markup, drop_quotes=True)
+    text, dropped = visible_text(markup, blocks=MAIL_BLOCKS, hidden=MAIL_HIDDEN, drop_quotes=True)
     if not text and dropped:
         # Dropping the cited part must never leave nothing: keep it when it is all there is.
-        text, _ = _parse_html(markup, drop_quotes=False)
+        text, _ = visible_text(markup, blocks=MAIL_BLOCKS, hidden=MAIL_HIDDEN)
     return text
 
 

@@ -28,36 +28,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connectors.base import (
-    ConfigError,
-    Connector,
-    PermanentError,
-    PullPage,
-    WriteBack,
-    WriteBackReceipt,
-)
-from connectors.files import describe_validation_error
+from connectors.base import PermanentError, PullPage, WriteBack, WriteBackReceipt
 from connectors.html_text import html_to_text, text_to_html
 from connectors.http import SourceHttp
 from connectors.saas_support import (
+    HttpConnector,
     RateLimitStatus,
+    dated_hits,
     decode_json,
     expect,
+    find_marked,
     mapped_fields,
+    normalised,
     note_body,
+    owning,
+    parse_options,
+    receipt,
     requester,
+    require_http,
     require_secret,
 )
-from connectors.window_cursor import (
-    Hit,
-    WindowCursor,
-    iso,
-    maybe_timestamp,
-    parse_timestamp,
-    read_page_with_lookback,
-)
+from connectors.window_cursor import WindowCursor, iso, maybe_timestamp, read_page_with_lookback
 from ticketfleet.inbound import InboundMessage, InboundTicket
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -84,13 +77,11 @@ class FreshdeskOptions(BaseModel):
     reserve_pause_seconds: float = Field(default=60.0, ge=0)
 
 
-class FreshdeskConnector(Connector):
+class FreshdeskConnector(HttpConnector):
     kind: ClassVar[str] = "freshdesk"
 
     def __init__(self, name: str, http: SourceHttp, **options: Any) -> None:
-        super().__init__(name)
-        self.http = http
-        self.owns_http = False
+        super().__init__(name, http)
         self.options = FreshdeskOptions.model_validate(options)
         # The budget Freshdesk reported on the latest answer (None until one arrived).
         self.rate_limit: RateLimitStatus | None = None
@@ -150,14 +141,9 @@ class FreshdeskConnector(Connector):
             return rows, at_cap or self._has_next(response, len(rows), opts.per_page)
 
         rows, next_token = read_page_with_lookback(fetch, token)
-        hits: list[Hit[dict[str, Any]]] = []
-        rejected: list[tuple[str, str]] = []
-        for position, row in enumerate(rows):
-            try:
-                hits.append(Hit(str(row["id"]), parse_timestamp(row["updated_at"]), row))
-            except (TypeError, KeyError, ValueError, AttributeError) as exc:
-                ident = str(row.get("id")) if isinstance(row, dict) else f"#{position}"
-                rejected.append((ident, f"ticket without a usable id/updated_at: {exc!r}"))
+        hits, rejected = dated_hits(
+            rows, lambda row: row["updated_at"], what="ticket without a usable id/updated_at"
+        )
         fresh, after, more = state.advance(
             hits, next_token, window_start=self._window_start, page_size=opts.per_page
         )
@@ -168,12 +154,7 @@ class FreshdeskConnector(Connector):
                 f"Freshdesk serves no page beyond {opts.max_page}",
                 source=self.name,
             )
-        items: list[InboundTicket] = []
-        for hit in fresh:
-            try:
-                items.append(self._ticket(hit.raw))
-            except ValidationError as exc:
-                rejected.append((hit.id, describe_validation_error(exc)))
+        items = normalised(fresh, self._ticket, rejected)
         return PullPage(items=items, cursor=after.encode(), has_more=more, rejected=rejected)
 
     def _conversations(self, ticket_id: str) -> list[dict[str, Any]]:
@@ -264,24 +245,10 @@ class FreshdeskConnector(Connector):
                     retry=False,  # a POST that timed out may have landed: the caller re-checks instead
                 )
                 note_id = str(expect(created, dict, "POST notes", self.name).get("id"))
-        return WriteBackReceipt(
-            note_id=note_id,
-            deduplicated=deduplicated,
-            tags_applied=list(write_back.tags),
-            fields_applied={
-                name: write_back.fields[name] for name in write_back.fields if name in self.options.field_map
-            },
-        )
+        return receipt(write_back, self.options.field_map, note_id=note_id, deduplicated=deduplicated)
 
     def _find_note(self, ticket_id: str, marker: str) -> str | None:
-        for conv in self._conversations(ticket_id):
-            if marker in (conv.get("body_text") or "") or marker in (conv.get("body") or ""):
-                return str(conv.get("id"))
-        return None
-
-    def close(self) -> None:
-        if self.owns_http:  # handed over by from_config (the registry); an injected client stays the caller's
-            self.http.client.close()
+        return find_marked(self._conversations(ticket_id), marker, text_keys=("body_text", "body"))
 
     # --- check ---------------------------------------------------------------------------------
 
@@ -302,14 +269,8 @@ def from_config(
     ``http`` is the source's client (base URL, timeout, request budget from the sources file); the
     API key goes on it as basic auth, user name = key, password = "X". The connector owns it from here.
     """
-    try:
-        opts = FreshdeskOptions.model_validate(options)
-    except ValidationError as exc:
-        raise ConfigError(f"freshdesk options: {describe_validation_error(exc)}", source=name) from exc
-    if http is None:
-        raise ConfigError("freshdesk needs base_url, e.g. https://acme.freshdesk.com", source=name)
+    opts = parse_options(FreshdeskOptions, options, kind="freshdesk", source=name)
+    http = require_http(http, kind="freshdesk", example="https://acme.freshdesk.com", source=name)
     api_key = require_secret(secrets, "api_key", kind="freshdesk", source=name)
     http.client.auth = httpx.BasicAuth(api_key, "X")
-    connector = FreshdeskConnector(name, http, **opts.model_dump())
-    connector.owns_http = True
-    return connector
+    return owning(FreshdeskConnector(name, http, **opts.model_dump()))

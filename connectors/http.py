@@ -125,6 +125,18 @@ def error_for_response(response: httpx.Response, source: str) -> ConnectorError 
     return PermanentError(f"{status} on {where}{detail}", source=source, status=status)
 
 
+def decode_json(response: httpx.Response, source: str) -> Any:
+    """The body as JSON (None for 204 or an empty body), or BadResponse naming the endpoint."""
+    if response.status_code == 204 or not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise BadResponse(
+            f"{response.request.method} {response.request.url.path}: malformed JSON ({exc})", source=source
+        ) from exc
+
+
 def _short_body(response: httpx.Response) -> str:
     try:
         text = response.text.strip()
@@ -171,15 +183,7 @@ class SourceHttp:
                 attempt += 1
 
     def json(self, method: str, url: str, *, retry: bool = True, **kwargs: Any) -> Any:
-        response = self.request(method, url, retry=retry, **kwargs)
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise BadResponse(
-                f"{method} {response.request.url.path}: malformed JSON ({exc})", source=self.source
-            ) from exc
+        return decode_json(self.request(method, url, retry=retry, **kwargs), self.source)
 
     def _send_once(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         wait = self.budget.wait_time()

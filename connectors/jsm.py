@@ -36,29 +36,28 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from connectors.base import (
-    BadResponse,
-    ConfigError,
-    Connector,
-    PermanentError,
-    PullPage,
-    WriteBack,
-    WriteBackReceipt,
-)
-from connectors.files import describe_validation_error
+from connectors.base import BadResponse, ConfigError, PermanentError, PullPage, WriteBack, WriteBackReceipt
 from connectors.http import SourceHttp
 from connectors.saas_support import (
+    HttpConnector,
     RateLimitStatus,
+    dated_hits,
     decode_json,
     expect,
+    find_marked,
     mapped_fields,
+    normalised,
     note_body,
+    owning,
+    parse_options,
+    receipt,
     requester,
+    require_http,
     require_secret,
 )
-from connectors.window_cursor import Hit, WindowCursor, maybe_timestamp, parse_timestamp
+from connectors.window_cursor import WindowCursor, maybe_timestamp
 from ticketfleet.inbound import InboundMessage, InboundTicket
 
 # Default start for a source without a cursor: before any Jira Cloud issue, and a date JQL takes.
@@ -125,13 +124,11 @@ def adf_to_text(node: Any) -> str:
     return re.sub(r"\n{2,}", "\n", "".join(parts)).strip()
 
 
-class JsmConnector(Connector):
+class JsmConnector(HttpConnector):
     kind: ClassVar[str] = "jsm"
 
     def __init__(self, name: str, http: SourceHttp, **options: Any) -> None:
-        super().__init__(name)
-        self.http = http
-        self.owns_http = False
+        super().__init__(name, http)
         self.options = JsmOptions.model_validate(options)
         self._zone: ZoneInfo | None = ZoneInfo(self.options.timezone) if self.options.timezone else None
         self.rate_limit: RateLimitStatus | None = None
@@ -195,26 +192,16 @@ class JsmConnector(Connector):
             bound, token = state.query(self._window_start)
             answer = self._search(bound or opts.start, None)
         issues = expect(answer.get("issues") or [], list, "search/jql issues", self.name)
-        hits: list[Hit[dict[str, Any]]] = []
-        rejected: list[tuple[str, str]] = []
-        for position, issue in enumerate(issues):
-            try:
-                hits.append(Hit(str(issue["id"]), parse_timestamp(issue["fields"]["updated"]), issue))
-            except (TypeError, KeyError, ValueError, AttributeError) as exc:
-                ident = str(issue.get("id")) if isinstance(issue, dict) else f"#{position}"
-                rejected.append((ident, f"issue without a usable id/updated: {exc!r}"))
+        hits, rejected = dated_hits(
+            issues, lambda issue: issue["fields"]["updated"], what="issue without a usable id/updated"
+        )
         next_token = answer.get("nextPageToken")
         if answer.get("isLast") is True or not next_token:
             next_token = None
         fresh, after, more = state.advance(
             hits, next_token, window_start=self._window_start, page_size=opts.max_results
         )
-        items: list[InboundTicket] = []
-        for hit in fresh:
-            try:
-                items.append(self._ticket(hit.raw))
-            except ValidationError as exc:
-                rejected.append((hit.id, describe_validation_error(exc)))
+        items = normalised(fresh, self._ticket, rejected)
         return PullPage(items=items, cursor=after.encode(), has_more=more, rejected=rejected)
 
     def _comments(self, issue_id: str) -> list[dict[str, Any]]:
@@ -302,22 +289,10 @@ class JsmConnector(Connector):
                     retry=False,  # a POST that timed out may have landed: the next push re-checks
                 )
                 note_id = str(expect(created, dict, "POST request comment", self.name).get("id"))
-        return WriteBackReceipt(
-            note_id=note_id,
-            deduplicated=deduplicated,
-            tags_applied=list(write_back.tags),
-            fields_applied={k: v for k, v in write_back.fields.items() if k in self.options.field_map},
-        )
+        return receipt(write_back, self.options.field_map, note_id=note_id, deduplicated=deduplicated)
 
     def _find_comment(self, issue_id: str, marker: str) -> str | None:
-        for comment in self._comments(issue_id):
-            if marker in str(comment.get("body") or ""):
-                return str(comment.get("id"))
-        return None
-
-    def close(self) -> None:
-        if self.owns_http:  # handed over by from_config (the registry); an injected client stays the caller's
-            self.http.client.close()
+        return find_marked(self._comments(issue_id), marker)
 
     # --- check ---------------------------------------------------------------------------------
 
@@ -336,16 +311,10 @@ def from_config(
     ``http`` is the source's client (base URL, timeout, request budget from the sources file); e-mail
     and API token go on it as basic auth. The connector owns it from here.
     """
-    try:
-        opts = JsmOptions.model_validate(options)
-    except ValidationError as exc:
-        raise ConfigError(f"jsm options: {describe_validation_error(exc)}", source=name) from exc
-    if http is None:
-        raise ConfigError("jsm needs base_url, e.g. https://acme.atlassian.net", source=name)
+    opts = parse_options(JsmOptions, options, kind="jsm", source=name)
+    http = require_http(http, kind="jsm", example="https://acme.atlassian.net", source=name)
     if not opts.email:
         raise ConfigError("jsm options: email (the API user's account e-mail) is required", source=name)
     token = require_secret(secrets, "api_token", kind="jsm", source=name)
     http.client.auth = httpx.BasicAuth(opts.email, token)
-    connector = JsmConnector(name, http, **opts.model_dump())
-    connector.owns_http = True
-    return connector
+    return owning(JsmConnector(name, http, **opts.model_dump()))

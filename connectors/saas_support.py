@@ -1,6 +1,12 @@
 """Small pieces the hosted ticket-system connectors (Freshdesk, Zammad, JSM) share.
 
-* :func:`decode_json` — a response body as JSON, or :class:`BadResponse` naming the endpoint;
+* :class:`HttpConnector` — holds the source's :class:`SourceHttp` and closes it only when it owns it;
+* :func:`parse_options` / :func:`require_http` — the ConfigErrors every ``from_config`` raises;
+* :func:`dated_hits` / :func:`normalised` — a search page → cursor hits, and hits → tickets, each
+  bad row reported in ``rejected`` instead of failing the page;
+* :func:`find_marked` / :func:`receipt` — the idempotent-note lookup and the receipt of a push;
+* :func:`decode_json` — a response body as JSON, or :class:`BadResponse` naming the endpoint
+  (defined in :mod:`connectors.http`, which uses it too);
 * :class:`RateLimitStatus` — the plan budget a source reports in its response headers;
 * :func:`note_body` — the draft text plus the idempotency marker, the one shape every note takes;
 * :func:`mapped_fields` — WriteBack fields → the source's configured custom-field ids;
@@ -10,26 +16,111 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
-from connectors.base import BadResponse, ConfigError, WriteBack
-from ticketfleet.inbound import Requester
+from connectors.base import BadResponse, ConfigError, Connector, WriteBack, WriteBackReceipt
+from connectors.files import describe_validation_error
+from connectors.http import SourceHttp, decode_json
+from connectors.window_cursor import Hit, parse_timestamp
+from ticketfleet.inbound import InboundTicket, Requester
+
+__all__ = ["decode_json"]  # re-exported: the connectors import their HTTP helpers from here
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+Row = dict[str, Any]
 
 
-def decode_json(response: httpx.Response, source: str) -> Any:
-    if response.status_code == 204 or not response.content:
-        return None
+class HttpConnector(Connector):
+    """A connector that talks through one :class:`SourceHttp`.
+
+    An injected client stays the caller's (tests, the CLI); one handed over by ``from_config`` (the
+    registry's) is the connector's to close, see :func:`owning`.
+    """
+
+    def __init__(self, name: str, http: SourceHttp) -> None:
+        super().__init__(name)
+        self.http = http
+        self.owns_http = False
+
+    def close(self) -> None:
+        if self.owns_http:
+            self.http.client.close()
+
+
+ConnectorT = TypeVar("ConnectorT", bound=HttpConnector)
+
+
+def owning(connector: ConnectorT) -> ConnectorT:
+    """``connector`` now owns its client (handed over by ``from_config``) and closes it with itself."""
+    connector.owns_http = True
+    return connector
+
+
+def parse_options(model: type[OptionsT], options: Mapping[str, Any], *, kind: str, source: str) -> OptionsT:
+    """The source's options as ``model``, or ConfigError listing every bad option."""
     try:
-        return response.json()
-    except ValueError as exc:
-        raise BadResponse(
-            f"{response.request.method} {response.request.url.path}: malformed JSON ({exc})", source=source
-        ) from exc
+        return model.model_validate(options)
+    except ValidationError as exc:
+        raise ConfigError(f"{kind} options: {describe_validation_error(exc)}", source=source) from exc
+
+
+def require_http(http: SourceHttp | None, *, kind: str, example: str, source: str) -> SourceHttp:
+    """The registry's client, or ConfigError: the source has no base_url."""
+    if http is None:
+        raise ConfigError(f"{kind} needs base_url, e.g. {example}", source=source)
+    return http
+
+
+def dated_hits(
+    rows: Sequence[Any], updated: Callable[[Row], Any], *, what: str
+) -> tuple[list[Hit[Row]], list[tuple[str, str]]]:
+    """Rows with an id and a parseable update time as cursor hits; the others as (id, reason)."""
+    hits: list[Hit[Row]] = []
+    rejected: list[tuple[str, str]] = []
+    for position, row in enumerate(rows):
+        try:
+            hits.append(Hit(str(row["id"]), parse_timestamp(updated(row)), row))
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            ident = str(row.get("id")) if isinstance(row, dict) else f"#{position}"
+            rejected.append((ident, f"{what}: {exc!r}"))
+    return hits, rejected
+
+
+def normalised(
+    hits: Iterable[Hit[Row]], build: Callable[[Row], InboundTicket], rejected: list[tuple[str, str]]
+) -> list[InboundTicket]:
+    """Each hit as a ticket; one that fails validation is appended to ``rejected``, not raised."""
+    items: list[InboundTicket] = []
+    for hit in hits:
+        try:
+            items.append(build(hit.raw))
+        except ValidationError as exc:
+            rejected.append((hit.id, describe_validation_error(exc)))
+    return items
+
+
+def find_marked(rows: Iterable[Row], marker: str, *, text_keys: Sequence[str] = ("body",)) -> str | None:
+    """The id of the first row whose text (any of ``text_keys``) holds the write-back's marker."""
+    for row in rows:
+        if any(marker in str(row.get(key) or "") for key in text_keys):
+            return str(row.get("id"))
+    return None
+
+
+def receipt(
+    write_back: WriteBack, field_map: Mapping[str, str], *, note_id: str | None, deduplicated: bool
+) -> WriteBackReceipt:
+    """What a push did: every tag is applied; fields only where the source maps them."""
+    return WriteBackReceipt(
+        note_id=note_id,
+        deduplicated=deduplicated,
+        tags_applied=list(write_back.tags),
+        fields_applied={name: value for name, value in write_back.fields.items() if name in field_map},
+    )
 
 
 def expect(value: Any, kind: type, what: str, source: str) -> Any:

@@ -139,6 +139,8 @@ def verify_zendesk_webhook(
     now: float | None = None,
 ) -> None:
     """Zendesk: base64(HMAC-SHA256(secret, timestamp + body)); ``tolerance_s=None`` skips the window."""
+    if not secret:
+        raise SignatureError("no Zendesk signing secret configured: nothing can be verified")
     if not signature or not timestamp:
         raise SignatureError(f"missing {ZENDESK_SIGNATURE_HEADER} or {ZENDESK_TIMESTAMP_HEADER} header")
     if tolerance_s is not None:
@@ -162,6 +164,9 @@ def zammad_signature(token: str | bytes, body: bytes) -> str:
 
 def verify_zammad_webhook(token: str | bytes, body: bytes, signature: str | None) -> None:
     """Zammad: ``X-Hub-Signature: sha1=<hex HMAC-SHA1(token, body)>``."""
+    if not token:
+        # An empty key is a key anyone can sign with: refuse rather than "verify".
+        raise SignatureError("no Zammad HMAC SHA1 token configured: nothing can be verified")
     if not signature:
         raise SignatureError(f"missing {ZAMMAD_SIGNATURE_HEADER} header")
     algorithm, sep, given = signature.strip().partition("=")

@@ -1,4 +1,4 @@
-"""Zammad connector: ticket search by ``updated_at``, articles, tags, shared drafts; webhook signatures.
+"""Zammad connector: ticket search by ``updated_at``, articles, tags, shared drafts.
 
 Endpoints (https://docs.zammad.org/en/latest/api/):
 
@@ -24,50 +24,46 @@ Endpoints (https://docs.zammad.org/en/latest/api/):
 Auth: ``Authorization: Token token=<access token>`` (permissions ``ticket.agent``; ``admin.tag`` is not
 needed to add existing or new tags to tickets an agent can change).
 
-:func:`verify_zammad_webhook` checks a trigger webhook's ``X-Hub-Signature: sha1=<hex>`` (HMAC-SHA1 of
-the raw body with the webhook's signature token) for the webhook endpoint.
+Trigger webhooks' ``X-Hub-Signature: sha1=<hex>`` is checked by
+:func:`connectors.webhook_signatures.verify_zammad_webhook`, the one implementation the HTTP API uses.
 """
 
 from __future__ import annotations
 
 import email.utils
-import hashlib
-import hmac
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import (
     AuthError,
     BadResponse,
-    ConfigError,
-    Connector,
     NotFound,
     PermanentError,
     PullPage,
     WriteBack,
     WriteBackReceipt,
 )
-from connectors.files import describe_validation_error
 from connectors.html_text import html_to_text, text_to_html
 from connectors.http import SourceHttp
 from connectors.saas_support import (
+    HttpConnector,
+    dated_hits,
     decode_json,
     expect,
+    find_marked,
     mapped_fields,
+    normalised,
     note_body,
+    owning,
+    parse_options,
+    receipt,
     requester,
+    require_http,
     require_secret,
 )
-from connectors.window_cursor import (
-    Hit,
-    WindowCursor,
-    iso,
-    maybe_timestamp,
-    parse_timestamp,
-    read_page_with_lookback,
-)
+from connectors.window_cursor import WindowCursor, iso, maybe_timestamp, read_page_with_lookback
 from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -99,13 +95,11 @@ def _escape(value: str) -> str:
     return "".join(f"\\{c}" if c in '+-=&|><!(){}[]^"~*?:\\/' else c for c in value)
 
 
-class ZammadConnector(Connector):
+class ZammadConnector(HttpConnector):
     kind: ClassVar[str] = "zammad"
 
     def __init__(self, name: str, http: SourceHttp, **options: Any) -> None:
-        super().__init__(name)
-        self.http = http
-        self.owns_http = False
+        super().__init__(name, http)
         self.options = ZammadOptions.model_validate(options)
 
     def _call(self, method: str, url: str, *, retry: bool = True, **kwargs: Any) -> Any:
@@ -142,14 +136,9 @@ class ZammadConnector(Connector):
             return rows, len(rows) >= opts.per_page  # search answers carry no "next" link
 
         rows, next_token = read_page_with_lookback(fetch, token)
-        hits: list[Hit[dict[str, Any]]] = []
-        rejected: list[tuple[str, str]] = []
-        for position, row in enumerate(rows):
-            try:
-                hits.append(Hit(str(row["id"]), parse_timestamp(row["updated_at"]), row))
-            except (TypeError, KeyError, ValueError, AttributeError) as exc:
-                ident = str(row.get("id")) if isinstance(row, dict) else f"#{position}"
-                rejected.append((ident, f"ticket without a usable id/updated_at: {exc!r}"))
+        hits, rejected = dated_hits(
+            rows, lambda row: row["updated_at"], what="ticket without a usable id/updated_at"
+        )
         fresh, after, more = state.advance(
             hits, next_token, window_start=self._window_start, page_size=opts.per_page
         )
@@ -159,12 +148,7 @@ class ZammadConnector(Connector):
                 f"{iso(after.bound or opts.start)}; narrow it with the 'query' option",
                 source=self.name,
             )
-        items: list[InboundTicket] = []
-        for hit in fresh:
-            try:
-                items.append(self._ticket(hit.raw))
-            except ValidationError as exc:
-                rejected.append((hit.id, describe_validation_error(exc)))
+        items = normalised(fresh, self._ticket, rejected)
         return PullPage(items=items, cursor=after.encode(), has_more=more, rejected=rejected)
 
     def _search_rows(self, data: Any) -> list[Any]:
@@ -242,12 +226,7 @@ class ZammadConnector(Connector):
         deduplicated = False
         if write_back.note is not None:
             note_id, deduplicated = self._draft(ticket_id, write_back)
-        return WriteBackReceipt(
-            note_id=note_id,
-            deduplicated=deduplicated,
-            tags_applied=list(write_back.tags),
-            fields_applied={k: v for k, v in write_back.fields.items() if k in self.options.field_map},
-        )
+        return receipt(write_back, self.options.field_map, note_id=note_id, deduplicated=deduplicated)
 
     def _add_tags(self, ticket_id: str, tags: list[str]) -> None:
         if not tags:
@@ -310,10 +289,8 @@ class ZammadConnector(Connector):
         return f"shared_draft:{answer.get('shared_draft_id')}"
 
     def _find_internal_article(self, ticket_id: str, marker: str) -> str | None:
-        for article in self._articles(ticket_id):
-            if article.get("internal") and marker in (article.get("body") or ""):
-                return str(article.get("id"))
-        return None
+        internal = (article for article in self._articles(ticket_id) if article.get("internal"))
+        return find_marked(internal, marker)
 
     def _post_internal_article(self, ticket_id: str, write_back: WriteBack) -> str:
         payload = {
@@ -327,28 +304,12 @@ class ZammadConnector(Connector):
         data = self._call("POST", "/api/v1/ticket_articles", json=payload, retry=False)
         return str(expect(data, dict, "POST /api/v1/ticket_articles", self.name).get("id"))
 
-    def close(self) -> None:
-        if self.owns_http:  # handed over by from_config (the registry); an injected client stays the caller's
-            self.http.client.close()
-
     # --- check ---------------------------------------------------------------------------------
 
     def check(self) -> str:
         me = expect(self._call("GET", "/api/v1/users/me"), dict, "GET /api/v1/users/me", self.name)
         who = me.get("email") or me.get("login") or f"user {me.get('id')}"
         return f"Zammad at {self.http.client.base_url} as {who}"
-
-
-def verify_zammad_webhook(secret: str | bytes, body: bytes, signature_header: str | None) -> bool:
-    """Whether ``X-Hub-Signature: sha1=<hex>`` is the HMAC-SHA1 of ``body`` under ``secret``."""
-    if not signature_header or not secret:
-        return False
-    algorithm, _, digest = signature_header.strip().partition("=")
-    if algorithm.strip().lower() != "sha1" or not digest:
-        return False
-    key = secret.encode() if isinstance(secret, str) else secret
-    expected = hmac.new(key, body, hashlib.sha1).hexdigest()
-    return hmac.compare_digest(expected, digest.strip().lower())
 
 
 def from_config(
@@ -359,14 +320,8 @@ def from_config(
     ``http`` is the source's client (base URL, timeout, request budget from the sources file); the
     token goes on it as ``Authorization: Token token=…``. The connector owns it from here.
     """
-    try:
-        opts = ZammadOptions.model_validate(options)
-    except ValidationError as exc:
-        raise ConfigError(f"zammad options: {describe_validation_error(exc)}", source=name) from exc
-    if http is None:
-        raise ConfigError("zammad needs base_url, e.g. https://helpdesk.example.com", source=name)
+    opts = parse_options(ZammadOptions, options, kind="zammad", source=name)
+    http = require_http(http, kind="zammad", example="https://helpdesk.example.com", source=name)
     token = require_secret(secrets, "token", kind="zammad", source=name)
     http.client.headers["Authorization"] = f"Token token={token}"
-    connector = ZammadConnector(name, http, **opts.model_dump())
-    connector.owns_http = True
-    return connector
+    return owning(ZammadConnector(name, http, **opts.model_dump()))

@@ -13,15 +13,12 @@ ticket's comments are searched for it, so a retry after a timeout that did land 
 
 Auth: API token, basic ``{email}/token:{token}``.
 
-Webhooks: :func:`verify_zendesk_webhook` checks ``X-Zendesk-Webhook-Signature`` — base64
-HMAC-SHA256 over the ``X-Zendesk-Webhook-Signature-Timestamp`` header value followed by the raw body.
+Webhooks: verifying ``X-Zendesk-Webhook-Signature`` lives in :mod:`connectors.webhook_signatures`
+(:func:`~connectors.webhook_signatures.verify_zendesk_webhook`), the one implementation the HTTP API uses.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -58,14 +55,6 @@ class ZendeskOptions(BaseModel):
         default_factory=dict, description="WriteBack field name → Zendesk custom field id."
     )
     export_requests_per_minute: float = Field(default=10, gt=0)
-
-
-def verify_zendesk_webhook(secret: str | bytes, timestamp: str, body: str | bytes, signature: str) -> bool:
-    """Zendesk signs webhooks with base64(HMAC-SHA256(secret, timestamp + body))."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    raw = body.encode() if isinstance(body, str) else body
-    expected = base64.b64encode(hmac.new(key, timestamp.encode() + raw, hashlib.sha256).digest()).decode()
-    return hmac.compare_digest(expected, signature.strip())
 
 
 class SlidingWindow:

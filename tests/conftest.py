@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from db.migrate import upgrade
 from db.session import get_engine, normalise_url
+from tests.fakes.zendesk import FakeZendesk
 from tests.support.audit import truncate_tables
 from ticketfleet.services import EmbeddedServices, redis_client
 from ticketfleet.settings import Settings
@@ -165,3 +166,11 @@ def flushed_redis(redis_url: str) -> Iterator[str]:
     client.flushall()
     yield redis_url
     client.flushall()
+
+
+@pytest.fixture
+def zendesk() -> Iterator[tuple[FakeZendesk, str]]:
+    """A running fake Zendesk and its base URL (tests/fakes/zendesk.py), for connector and CLI tests."""
+    api = FakeZendesk()
+    with api.running() as base_url:
+        yield api, base_url

@@ -16,13 +16,6 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def zendesk() -> Iterator[tuple[FakeZendesk, str]]:
-    api = FakeZendesk()
-    with api.running() as base_url:
-        yield api, base_url
-
-
-@pytest.fixture
 def sources_env(
     monkeypatch: pytest.MonkeyPatch,
     clean_db: str,

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from connectors.base import ConfigError, PermanentError, SourceTimeout, WriteBack
 from connectors.freshdesk import FreshdeskConnector, from_config
-from connectors.http import RetryPolicy, SourceHttp
 from tests.fakes.freshdesk import FakeFreshdesk
-from tests.support.connector_contract import ConnectorContract, Fault, SourceHarness, pull_all
+from tests.support.connector_contract import ConnectorContract, pull_all
+from tests.support.http_harness import FakeApiHarness, registry_http, serve_harness
 
 FIELD_MAP = {"priority": "cf_tf_priority", "language": "cf_tf_language"}
 
 
-def _registry_http(base_url: str) -> SourceHttp:
-    """What the core registry hands from_config: base URL and timeout, no credentials."""
-    return SourceHttp(httpx.Client(base_url=base_url, timeout=0.5), source="registry")
-
-
-class FreshdeskHarness(SourceHarness):
-    supports_faults = True
-
-    def __init__(self, api: FakeFreshdesk, base_url: str) -> None:
-        super().__init__()
-        self.api = api
-        self.base_url = base_url
-        self.clients: list[httpx.Client] = []
+class FreshdeskHarness(FakeApiHarness[FakeFreshdesk]):
+    source_name = "fd-test"
 
     def connector(self, *, valid_credentials: bool = True, **options: Any) -> FreshdeskConnector:
         key = self.api.api_key if valid_credentials else "not-the-key"
-        client = httpx.Client(base_url=self.base_url, auth=(key, "X"), timeout=0.5)
-        self.clients.append(client)
-        http = SourceHttp(
-            client,
-            source="fd-test",
-            retry=RetryPolicy(max_retries=3, backoff_base=0.01),
-            sleep=self.sleeps.append,
-            rng=random.Random(7),
-        )
+        http = self.retrying_http(auth=(key, "X"))
         settings: dict[str, Any] = {"per_page": self.page_size, "field_map": FIELD_MAP} | options
         return FreshdeskConnector("fd-test", http, **settings)
 
@@ -75,13 +54,6 @@ class FreshdeskHarness(SourceHarness):
         }
         return set(ticket["tags"]) | fields
 
-    def inject_fault(self, fault: Fault, *, count: int = 1, retry_after: float | None = None) -> None:
-        self.api.inject_fault(fault, count=count, retry_after=retry_after)
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-
 
 @pytest.fixture
 def api() -> FakeFreshdesk:
@@ -90,10 +62,7 @@ def api() -> FakeFreshdesk:
 
 @pytest.fixture
 def harness(api: FakeFreshdesk) -> Iterator[FreshdeskHarness]:
-    with api.running() as base_url:
-        harness = FreshdeskHarness(api, base_url)
-        yield harness
-        harness.close()
+    yield from serve_harness(FreshdeskHarness, api)
 
 
 class TestFreshdeskContract(ConnectorContract):
@@ -228,7 +197,7 @@ def test_rate_limit_headers_are_exposed_and_the_reserve_honoured(harness: Freshd
 
 
 def test_from_config_puts_the_key_on_the_registry_client(harness: FreshdeskHarness) -> None:
-    http = _registry_http(harness.base_url)
+    http = registry_http(harness.base_url)
     connector = from_config("fd", {"per_page": 50}, {"api_key": SecretStr(harness.api.api_key)}, http)
     assert "bot@acme.test" in connector.check()
     connector.close()
@@ -237,7 +206,7 @@ def test_from_config_puts_the_key_on_the_registry_client(harness: FreshdeskHarne
     injected.close()
     assert not injected.http.client.is_closed, "a client injected into the constructor stays the caller's"
     with pytest.raises(ConfigError, match="api_key_env"):
-        from_config("fd", {}, {}, _registry_http(harness.base_url))
+        from_config("fd", {}, {}, registry_http(harness.base_url))
     with pytest.raises(ConfigError, match="base_url"):
         from_config("fd", {}, {"api_key": SecretStr("k")}, None)
     with pytest.raises(ConfigError, match="per_page"):

@@ -3,50 +3,29 @@
 from __future__ import annotations
 
 import json
-import random
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from connectors.base import ConfigError, SourceTimeout, WriteBack
-from connectors.http import RetryPolicy, SourceHttp
 from connectors.jsm import JsmConnector, adf_to_text, from_config
 from tests.fakes.jsm import FakeJsm
-from tests.support.connector_contract import ConnectorContract, Fault, SourceHarness, pull_all
+from tests.support.connector_contract import ConnectorContract, pull_all
+from tests.support.http_harness import FakeApiHarness, registry_http, serve_harness
 
 FIELD_MAP = {"priority": "customfield_10050", "language": "customfield_10051"}
 
 
-def _registry_http(base_url: str) -> SourceHttp:
-    """What the core registry hands from_config: base URL and timeout, no credentials."""
-    return SourceHttp(httpx.Client(base_url=base_url, timeout=0.5), source="registry")
-
-
-class JsmHarness(SourceHarness):
-    supports_faults = True
-
-    def __init__(self, api: FakeJsm, base_url: str) -> None:
-        super().__init__()
-        self.api = api
-        self.base_url = base_url
-        self.clients: list[httpx.Client] = []
+class JsmHarness(FakeApiHarness[FakeJsm]):
+    source_name = "jsm-test"
 
     def connector(self, *, valid_credentials: bool = True, **options: Any) -> JsmConnector:
         token = self.api.api_token if valid_credentials else "revoked"
-        client = httpx.Client(base_url=self.base_url, auth=(self.api.email, token), timeout=0.5)
-        self.clients.append(client)
-        http = SourceHttp(
-            client,
-            source="jsm-test",
-            retry=RetryPolicy(max_retries=3, backoff_base=0.01),
-            sleep=self.sleeps.append,
-            rng=random.Random(7),
-        )
+        http = self.retrying_http(auth=(self.api.email, token))
         settings: dict[str, Any] = {
             "project": "SUP",
             "max_results": self.page_size,
@@ -78,21 +57,10 @@ class JsmHarness(SourceHarness):
         values = {f"{names[k]}={fields[k]}" for k in self.api.custom_fields if k in fields}
         return set(fields["labels"]) | values
 
-    def inject_fault(self, fault: Fault, *, count: int = 1, retry_after: float | None = None) -> None:
-        self.api.inject_fault(fault, count=count, retry_after=retry_after)
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-
 
 @pytest.fixture
 def harness() -> Iterator[JsmHarness]:
-    api = FakeJsm()
-    with api.running() as base_url:
-        harness = JsmHarness(api, base_url)
-        yield harness
-        harness.close()
+    yield from serve_harness(JsmHarness, FakeJsm())
 
 
 class TestJsmContract(ConnectorContract):
@@ -239,7 +207,7 @@ def test_adf_to_text_handles_marks_breaks_and_lists() -> None:
 
 
 def test_from_config_requires_email_token_and_project(harness: JsmHarness) -> None:
-    http = _registry_http(harness.base_url)
+    http = registry_http(harness.base_url)
     good = {"project": "SUP", "email": harness.api.email}
     connector = from_config("jsm", good, {"api_token": SecretStr(harness.api.api_token)}, http)
     assert "America/New_York" in connector.check()
@@ -249,11 +217,9 @@ def test_from_config_requires_email_token_and_project(harness: JsmHarness) -> No
     injected.close()
     assert not injected.http.client.is_closed, "a client injected into the constructor stays the caller's"
     with pytest.raises(ConfigError, match="api_token_env"):
-        from_config("jsm", good, {}, _registry_http(harness.base_url))
+        from_config("jsm", good, {}, registry_http(harness.base_url))
     with pytest.raises(ConfigError, match="email"):
-        from_config(
-            "jsm", {"project": "SUP"}, {"api_token": SecretStr("t")}, _registry_http(harness.base_url)
-        )
+        from_config("jsm", {"project": "SUP"}, {"api_token": SecretStr("t")}, registry_http(harness.base_url))
     with pytest.raises(ConfigError, match="project"):
         from_config("jsm", {"project": "not a key"}, {}, None)
     with pytest.raises(ConfigError, match="time zone"):

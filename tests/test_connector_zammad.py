@@ -2,55 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import random
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from connectors.base import ConfigError, WriteBack
 from connectors.html_text import html_to_text
-from connectors.http import RetryPolicy, SourceHttp
-from connectors.zammad import ZammadConnector, from_config, verify_zammad_webhook
+from connectors.zammad import ZammadConnector, from_config
 from tests.fakes.zammad import FakeZammad
-from tests.support.connector_contract import ConnectorContract, Fault, SourceHarness, pull_all
+from tests.support.connector_contract import ConnectorContract, pull_all
+from tests.support.http_harness import FakeApiHarness, registry_http, serve_harness
 
 FIELD_MAP = {"priority": "tf_priority", "language": "tf_language"}
 
 
-def _registry_http(base_url: str) -> SourceHttp:
-    """What the core registry hands from_config: base URL and timeout, no credentials."""
-    return SourceHttp(httpx.Client(base_url=base_url, timeout=0.5), source="registry")
-
-
-class ZammadHarness(SourceHarness):
-    supports_faults = True
-
-    def __init__(self, api: FakeZammad, base_url: str) -> None:
-        super().__init__()
-        self.api = api
-        self.base_url = base_url
-        self.clients: list[httpx.Client] = []
+class ZammadHarness(FakeApiHarness[FakeZammad]):
+    source_name = "zm-test"
 
     def connector(self, *, valid_credentials: bool = True, **options: Any) -> ZammadConnector:
         token = self.api.token if valid_credentials else "wrong"
-        client = httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Token token={token}"}, timeout=0.5
-        )
-        self.clients.append(client)
-        http = SourceHttp(
-            client,
-            source="zm-test",
-            retry=RetryPolicy(max_retries=3, backoff_base=0.01),
-            sleep=self.sleeps.append,
-            rng=random.Random(7),
-        )
+        http = self.retrying_http(headers={"Authorization": f"Token token={token}"})
         settings: dict[str, Any] = {"per_page": self.page_size, "field_map": FIELD_MAP} | options
         return ZammadConnector("zm-test", http, **settings)
 
@@ -80,21 +55,10 @@ class ZammadHarness(SourceHarness):
         fields = {f"{k.removeprefix('tf_')}={ticket[k]}" for k in self.api.attributes if k in ticket}
         return set(self.api.tags[int(external_id)]) | fields
 
-    def inject_fault(self, fault: Fault, *, count: int = 1, retry_after: float | None = None) -> None:
-        self.api.inject_fault(fault, count=count, retry_after=retry_after)
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-
 
 @pytest.fixture
 def harness() -> Iterator[ZammadHarness]:
-    api = FakeZammad()
-    with api.running() as base_url:
-        harness = ZammadHarness(api, base_url)
-        yield harness
-        harness.close()
+    yield from serve_harness(ZammadHarness, FakeZammad())
 
 
 class TestZammadContract(ConnectorContract):
@@ -226,20 +190,8 @@ def test_tags_are_added_once_with_the_documented_body(harness: ZammadHarness) ->
     assert harness.api.tags[int(ext)] == ["tf-lang-fr", "tf-priority-high"]
 
 
-def test_webhook_signature_is_hmac_sha1_of_the_body() -> None:
-    body = b'{"ticket":{"id":5}}'
-    digest = hmac.new(b"s3cret", body, hashlib.sha1).hexdigest()
-    assert verify_zammad_webhook("s3cret", body, f"sha1={digest}") is True
-    assert verify_zammad_webhook(b"s3cret", body, f"SHA1={digest.upper()}") is True
-    assert verify_zammad_webhook("s3cret", body + b" ", f"sha1={digest}") is False
-    assert verify_zammad_webhook("other", body, f"sha1={digest}") is False
-    assert verify_zammad_webhook("s3cret", body, f"sha256={digest}") is False
-    assert verify_zammad_webhook("s3cret", body, None) is False
-    assert verify_zammad_webhook("", body, f"sha1={digest}") is False
-
-
 def test_from_config_puts_the_token_on_the_registry_client(harness: ZammadHarness) -> None:
-    http = _registry_http(harness.base_url)
+    http = registry_http(harness.base_url)
     connector = from_config("zm", {}, {"token": SecretStr(harness.api.token)}, http)
     assert "triage-bot@example.com" in connector.check()
     connector.close()
@@ -248,7 +200,7 @@ def test_from_config_puts_the_token_on_the_registry_client(harness: ZammadHarnes
     injected.close()
     assert not injected.http.client.is_closed, "a client injected into the constructor stays the caller's"
     with pytest.raises(ConfigError, match="token_env"):
-        from_config("zm", {}, {}, _registry_http(harness.base_url))
+        from_config("zm", {}, {}, registry_http(harness.base_url))
     with pytest.raises(ConfigError, match="base_url"):
         from_config("zm", {}, {"token": SecretStr("t")}, None)
     with pytest.raises(ConfigError, match="draft_mode"):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import uuid
 from collections.abc import Iterator
 
@@ -13,18 +10,14 @@ import pytest
 
 from connectors.base import WriteBack
 from connectors.http import RequestBudget, SourceHttp
-from connectors.zendesk import ZendeskConnector, verify_zendesk_webhook
+from connectors.zendesk import ZendeskConnector
 from tests.fakes.zendesk import FakeZendesk
-from tests.support.connector_contract import ConnectorContract, Fault, SourceHarness, pull_all
+from tests.support.connector_contract import ConnectorContract, pull_all
+from tests.support.http_harness import FakeApiHarness
 
 
-class ZendeskHarness(SourceHarness):
-    supports_faults = True
-
-    def __init__(self, api: FakeZendesk, base_url: str) -> None:
-        super().__init__()
-        self.api, self.base_url = api, base_url
-        self.clients: list[httpx.Client] = []
+class ZendeskHarness(FakeApiHarness[FakeZendesk]):
+    source_name = "zd"
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -32,11 +25,8 @@ class ZendeskHarness(SourceHarness):
 
     def connector(self, *, valid_credentials: bool = True) -> ZendeskConnector:
         token = self.api.token if valid_credentials else "wrong"
-        client = httpx.Client(
-            base_url=self.base_url, auth=(f"{self.api.email}/token", token), timeout=httpx.Timeout(0.4)
-        )
-        self.clients.append(client)
-        http = SourceHttp(client, source="zd", sleep=self.sleep, budget=RequestBudget(None))
+        client = self.open_client(auth=(f"{self.api.email}/token", token), timeout=httpx.Timeout(0.4))
+        http = SourceHttp(client, source=self.source_name, sleep=self.sleep, budget=RequestBudget(None))
         return ZendeskConnector(
             "zd", http, email=self.api.email, page_size=self.page_size, clock=self.api.now
         )
@@ -65,23 +55,12 @@ class ZendeskHarness(SourceHarness):
         ticket = self.api.tickets[int(external_id)]
         return set(ticket["tags"]) | {f"{f['id']}={f['value']}" for f in ticket["custom_fields"]}
 
-    def inject_fault(self, fault: Fault, *, count: int = 1, retry_after: float | None = None) -> None:
-        self.api.inject_fault(fault, count=count, retry_after=retry_after)
-
-
-@pytest.fixture
-def zendesk() -> Iterator[tuple[FakeZendesk, str]]:
-    api = FakeZendesk()
-    with api.running() as base_url:
-        yield api, base_url
-
 
 @pytest.fixture
 def harness(zendesk: tuple[FakeZendesk, str]) -> Iterator[ZendeskHarness]:
     h = ZendeskHarness(*zendesk)
     yield h
-    for client in h.clients:
-        client.close()
+    h.close()
 
 
 class TestZendeskContract(ConnectorContract):
@@ -159,13 +138,3 @@ def test_custom_fields_are_mapped_and_the_note_is_private(harness: ZendeskHarnes
     put = next(r for r in harness.api.requests if r.method == "PUT")
     assert put.json()["ticket"]["comment"]["public"] is False
     assert receipt.note_id is not None
-
-
-def test_webhook_signature_is_base64_hmac_sha256_of_timestamp_and_body() -> None:
-    secret, timestamp, body = "dGhpc19zZWNyZXQ=", "2026-11-30T00:00:00Z", b'{"ticket": {"id": 5}}'
-    signature = base64.b64encode(
-        hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).digest()
-    )
-    assert verify_zendesk_webhook(secret, timestamp, body, signature.decode())
-    assert not verify_zendesk_webhook(secret, timestamp, body + b" ", signature.decode())
-    assert not verify_zendesk_webhook("other", timestamp, body, signature.decode())

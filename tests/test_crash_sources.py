@@ -8,10 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from db.models import ConnectorCursor, Message, Ticket, WorkItem
@@ -21,13 +19,6 @@ from tests.fakes.zendesk import FakeZendesk
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TICKETS = 11
 PAGE_SIZE = 3
-
-
-@pytest.fixture
-def zendesk() -> Iterator[tuple[FakeZendesk, str]]:
-    api = FakeZendesk()
-    with api.running() as base_url:
-        yield api, base_url
 
 
 def _poller(tmp_path: Path, base_url: str, database_url: str, redis_url: str) -> subprocess.Popen[bytes]:

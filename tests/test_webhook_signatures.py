@@ -91,6 +91,16 @@ def test_zendesk_rejects_forged_stale_and_missing() -> None:
         verify_zendesk_webhook(ZENDESK_TEST_SECRET, body, "%%%", stamp, now=NOW)
     with pytest.raises(SignatureError, match="ISO 8601"):
         verify_zendesk_webhook(ZENDESK_TEST_SECRET, body, good, "yesterday", now=NOW)
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_zendesk_webhook("another secret", body, good, stamp, now=NOW)
+    with pytest.raises(SignatureError, match="no Zendesk signing secret"):
+        verify_zendesk_webhook("", body, good, stamp, now=NOW)
+
+
+def test_zendesk_secret_may_be_bytes() -> None:
+    body, stamp = b'{"ticket": {"id": 5}}', "2025-11-30T00:00:00Z"
+    good = zendesk_signature(ZENDESK_TEST_SECRET, body, stamp)
+    verify_zendesk_webhook(ZENDESK_TEST_SECRET.encode(), body, good, stamp, now=NOW)
 
 
 def test_zendesk_legacy_doc_example_used_body_then_timestamp() -> None:
@@ -118,8 +128,13 @@ def test_zammad_hub_signature_is_hex_hmac_sha1_of_body() -> None:
     assert zammad_signature("token", body) == expected
     verify_zammad_webhook("token", body, expected)
     verify_zammad_webhook("token", body, expected.upper().replace("SHA1=", "sha1="))
+    verify_zammad_webhook(b"token", body, expected.upper())  # bytes token, upper-case algorithm too
     with pytest.raises(SignatureError, match="does not match"):
         verify_zammad_webhook("other", body, expected)
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_zammad_webhook("token", body + b" ", expected)
+    with pytest.raises(SignatureError, match="no Zammad HMAC SHA1 token"):
+        verify_zammad_webhook("", body, "sha1=" + _hex(b"", body, "sha1"))
     with pytest.raises(SignatureError, match="sha1=<hex>"):
         verify_zammad_webhook("token", body, "sha256=" + _hex(b"token", body))
     with pytest.raises(SignatureError, match="missing X-Hub-Signature"):

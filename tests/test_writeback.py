@@ -105,6 +105,17 @@ def _store_result(database_url: str, item_id: int, *, draft: str | None, check: 
             )
 
 
+def _planned_write_back(
+    api: FakeZendesk, source: SourceConfig, settings: Settings, database_url: str, *, draft: str
+) -> tuple[int, int]:
+    """A polled ticket with a stored result and a checked draft, planned once: (zendesk id, write-back id)."""
+    zendesk_id, item_id = _pulled_ticket(api, source, settings, database_url)
+    _store_result(database_url, item_id, draft=draft)
+    with transaction(database_url) as session:
+        (write_back_id,) = plan_write_backs(session, [item_id], RUN, frozenset({"zd"}))
+    return zendesk_id, write_back_id
+
+
 def test_gated_labels_and_checked_draft_go_back_once_with_an_audit_event(
     zendesk: tuple[FakeZendesk, str], wb_settings: Settings, clean_db: str
 ) -> None:
@@ -143,10 +154,9 @@ def test_a_timed_out_put_that_landed_leaves_exactly_one_note(
 ) -> None:
     api, base_url = zendesk
     source = _source(api, base_url)
-    zendesk_id, item_id = _pulled_ticket(api, source, wb_settings, clean_db)
-    _store_result(clean_db, item_id, draft="Refund approved.")
-    with transaction(clean_db) as session:
-        (write_back_id,) = plan_write_backs(session, [item_id], RUN, frozenset({"zd"}))
+    zendesk_id, write_back_id = _planned_write_back(
+        api, source, wb_settings, clean_db, draft="Refund approved."
+    )
     api.slow_puts = 1  # the PUT is applied, then answered after the client's 0.5 s timeout
     first = run_write_back(write_back_id, wb_settings, sources=[source])
     assert first.state == "pending" and first.error is not None and first.error.startswith("SourceTimeout")
@@ -172,10 +182,9 @@ def test_permanent_error_fails_the_write_back_without_retrying(
 ) -> None:
     api, base_url = zendesk
     source = _source(api, base_url)
-    zendesk_id, item_id = _pulled_ticket(api, source, wb_settings, clean_db)
-    _store_result(clean_db, item_id, draft="Refund approved.")
-    with transaction(clean_db) as session:
-        (write_back_id,) = plan_write_backs(session, [item_id], RUN, frozenset({"zd"}))
+    zendesk_id, write_back_id = _planned_write_back(
+        api, source, wb_settings, clean_db, draft="Refund approved."
+    )
     del api.tickets[zendesk_id], api.comments[zendesk_id]  # deleted in Zendesk meanwhile
     report = run_write_back(write_back_id, wb_settings, sources=[source])
     assert report.state == "failed" and report.error is not None and report.error.startswith("NotFound")

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ticketfleet.cli_audit import audit_app
+from ticketfleet.cli_common import database_url, fail
 from ticketfleet.cli_sources import sources_app
 from ticketfleet.pii_cli import pii_app, redact_command
 from ticketfleet.serve import serve
@@ -38,19 +39,8 @@ app.command("redact")(redact_command)
 console = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
-def _database_url(settings: Settings) -> str:
-    url = settings.database_url_value()
-    if not url:
-        raise _fail(
-            "TICKETFLEET_DATABASE_URL is not set. Point it at PostgreSQL, or run "
-            "`ticketfleet services` to start embedded PostgreSQL and Redis and print the exports."
-        )
-    return url
+_fail = fail  # shared with the other command groups (ticketfleet/cli_common.py)
+_database_url = database_url
 
 
 def _redis_url(settings: Settings) -> str:

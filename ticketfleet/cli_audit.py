@@ -10,6 +10,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from ticketfleet.cli_common import database_url, fail
 from ticketfleet.settings import Settings, get_settings
 
 audit_app = typer.Typer(
@@ -21,15 +22,11 @@ SHOWN_FINDINGS = 50
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
+    return fail(message, code, out=console)
 
 
 def _database_url(settings: Settings) -> str:
-    url = settings.database_url_value()
-    if not url:
-        raise _fail("TICKETFLEET_DATABASE_URL is not set.")
-    return url
+    return database_url(settings, out=console)
 
 
 def hmac_key(settings: Settings) -> bytes:

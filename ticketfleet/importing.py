@@ -40,6 +40,13 @@ def import_records(
 ) -> ImportReport:
     report = ImportReport()
     chunk: list[InboundTicket] = []
+
+    def flush() -> None:
+        _commit_chunk(chunk, report, settings, database_url, source, lane)
+        if on_progress:
+            on_progress(report.lines_ok)
+        chunk.clear()
+
     for parsed in records:
         if parsed.error is not None:
             report.errors.append(parsed.error)
@@ -47,14 +54,9 @@ def import_records(
             chunk.append(parsed.ticket)
             report.lines_ok += 1
         if len(chunk) >= CHUNK:
-            _commit_chunk(chunk, report, settings, database_url, source, lane)
-            if on_progress:
-                on_progress(report.lines_ok)
-            chunk = []
+            flush()
     if chunk:
-        _commit_chunk(chunk, report, settings, database_url, source, lane)
-        if on_progress:
-            on_progress(report.lines_ok)
+        flush()
     report.errors.sort(key=lambda e: e.line)
     return report
 

@@ -297,14 +297,8 @@ def run_write_back(
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         with transaction(database_url) as session:
-            session.execute(
-                update(WriteBackRow)
-                .where(WriteBackRow.id == row.id)
-                .values(
-                    last_error=error[:300],
-                    next_attempt_at=func.now() + timedelta(seconds=delay),
-                    updated_at=func.now(),
-                )
+            _update_row(
+                session, row.id, last_error=error[:300], next_attempt_at=func.now() + timedelta(seconds=delay)
             )
         report.state, report.error = WriteBackState.pending.value, error
         send_write_backs([row.id], countdown=delay)
@@ -312,35 +306,32 @@ def run_write_back(
     except ConnectorError as exc:
         return _finish_failed(database_url, row, report, f"{type(exc).__name__}: {exc}", write_back)
     with transaction(database_url) as session:
-        session.execute(
-            update(WriteBackRow)
-            .where(WriteBackRow.id == row.id)
-            .values(
-                state=WriteBackState.done,
-                receipt=receipt.model_dump(),
-                last_error=None,
-                next_attempt_at=None,
-                updated_at=func.now(),
-            )
+        _update_row(
+            session,
+            row.id,
+            state=WriteBackState.done,
+            receipt=receipt.model_dump(),
+            last_error=None,
+            next_attempt_at=None,
         )
         _audit(session, "writeback.done", row, write_back, receipt.model_dump())
     report.state, report.note_id, report.deduplicated = "done", receipt.note_id, receipt.deduplicated
     return report
 
 
+def _update_row(session: Session, row_id: int, **values: Any) -> None:
+    """Set ``values`` on one write-back row, stamping ``updated_at``."""
+    session.execute(
+        update(WriteBackRow).where(WriteBackRow.id == row_id).values(**values, updated_at=func.now())
+    )
+
+
 def _finish_failed(
     database_url: str, row: WriteBackRow, report: WriteBackReport, error: str, write_back: WriteBack
 ) -> WriteBackReport:
     with transaction(database_url) as session:
-        session.execute(
-            update(WriteBackRow)
-            .where(WriteBackRow.id == row.id)
-            .values(
-                state=WriteBackState.failed,
-                last_error=error[:300],
-                next_attempt_at=None,
-                updated_at=func.now(),
-            )
+        _update_row(
+            session, row.id, state=WriteBackState.failed, last_error=error[:300], next_attempt_at=None
         )
         _audit(session, "writeback.failed", row, write_back, {"error_class": error.split(":", 1)[0]})
     log.warning("write-back %s failed: %s", row.id, error)
