@@ -1,0 +1,543 @@
+"""Request Tracker 5 (REST 2.0) connector: tickets by LastUpdated, threads from history, drafts as comments.
+
+Pull
+    ``GET /REST/2.0/tickets?query=<TicketSQL>&orderby=LastUpdated&order=ASC&orderby=id&order=ASC
+    &page=1&per_page=N&fields=…`` finds tickets changed since the cursor; for each, ``/ticket/{id}/history``
+    gives the transactions and ``/ticket/{id}/attachments`` their content (see :mod:`connectors.rt_content`).
+    Create and Correspond transactions are the conversation — the customer's when the transaction's
+    creator is one of the ticket's requestors, an agent's otherwise; Comment transactions are internal
+    and never part of the thread.
+
+    RT's LastUpdated has second granularity and a transaction may commit a moment after it stamped
+    the ticket, so the cursor never trusts "newer than the last timestamp": it re-reads an overlap
+    window (``overlap_seconds``) behind the newest LastUpdated seen and remembers which version of each
+    ticket in that window it already returned (``seen``: id → LastUpdated). The query excludes exactly
+    those versions, so every page is page 1 of what is still unseen — no offsets that shift when a
+    ticket is updated mid-way, no page that repeats forever when many tickets share one second — and
+    a ticket updated again (new LastUpdated) comes back. Anything returned twice is absorbed by the
+    idempotent ingest.
+
+Push
+    The draft goes in as a *comment* (``POST /ticket/{id}/comment``, text/plain) — never a correspondence,
+    which RT would mail to the requestor. Its body ends with :attr:`WriteBack.marker`; before posting, the
+    ticket's attachments are searched for that marker, so a retried push never comments twice.
+    RT has no tags: labels (``WriteBack.fields``, and the ``tf-lang-…``/``tf-intent-…`` tags) go to the
+    custom fields named in ``custom_fields`` via ``PUT /ticket/{id}`` with ``CustomFields``.
+
+Auth: an RT auth token (``Authorization: token …``) or a user name and password (HTTP basic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from connectors.base import (
+    BadResponse,
+    ConfigError,
+    Connector,
+    NotFound,
+    PullPage,
+    WriteBack,
+    WriteBackReceipt,
+)
+from connectors.http import RequestBudget, SourceHttp
+from connectors.rt_content import attachment_text, body_part, declared_length
+from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
+from ticketfleet.schemas import Role
+
+REST_PATH = "/REST/2.0"
+# Tag prefixes (the write-back convention for every source) → the label names custom fields are keyed by.
+TAG_FIELDS = {
+    "tf-lang-": "language",
+    "tf-sentiment-": "sentiment",
+    "tf-intent-": "intent",
+    "tf-priority-": "priority",
+}
+TICKET_FIELDS = "Subject,LastUpdated,Created,Status,Queue,Requestor"
+MESSAGE_TYPES = ("Create", "Correspond")
+# Past this length a search goes in a POST body (RT accepts the same parameters there) instead of the URL.
+MAX_QUERY_IN_URL = 4000
+CURSOR_VERSION = 1
+
+
+class RtOptions(BaseModel):
+    """The ``options`` of an ``rt`` source in the sources file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # RT's web root, e.g. https://rt.example.com or https://example.com/rt (REST 2.0 lives below it).
+    url: str | None = None
+    # Basic auth user (with the ``password`` secret); with a ``token`` secret it is not needed.
+    username: str | None = None
+    # Queues to pull from (names); empty: every queue the API user can see.
+    queues: list[str] = Field(default_factory=list)
+    # Extra TicketSQL ANDed to the search, e.g. "Status != 'resolved'".
+    query: str | None = None
+    # Label name (language, sentiment, intent, priority) → RT custom field name (or id) to write it to.
+    custom_fields: dict[str, str] = Field(default_factory=dict)
+    page_size: int = Field(default=50, ge=1, le=100)  # REST 2.0 caps per_page at 100
+    # How far behind the newest LastUpdated each pull looks again (late commits, same-second updates).
+    overlap_seconds: int = Field(default=5, ge=0, le=3600)
+    # First pull: tickets updated at or after this instant (default: all of them).
+    start: datetime | None = None
+    # RT reads the dates in a search in the API user's timezone (their preference, else RT's $Timezone).
+    timezone: str = "UTC"
+    # A ticket an agent opened for a customer (creator not a requestor): is its first message the customer's?
+    agent_created_as_customer: bool = True
+    timeout: float = Field(default=30.0, gt=0)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/") if value else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    @field_validator("custom_fields")
+    @classmethod
+    def _known_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(TAG_FIELDS.values()))
+        if unknown:
+            raise ValueError(
+                f"custom_fields: unknown label(s) {unknown}; expected some of {sorted(TAG_FIELDS.values())}"
+            )
+        return value
+
+
+def _config_error(name: str, exc: ValidationError) -> ConfigError:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
+    return ConfigError(f"invalid rt options: {problems}", source=name)
+
+
+def parse_options(name: str, options: Mapping[str, Any]) -> RtOptions:
+    try:
+        return RtOptions.model_validate(dict(options))
+    except ValidationError as exc:
+        raise _config_error(name, exc) from exc
+
+
+def from_config(
+    name: str,
+    options: dict[str, Any],
+    secrets: dict[str, SecretStr],
+    http: SourceHttp | None,
+) -> RtConnector:
+    """Build from the sources file. Secrets: ``token`` (RT auth token), or ``password`` with ``username``."""
+    parsed = parse_options(name, options)
+    if http is None:
+        if not parsed.url:
+            raise ConfigError("rt source needs options.url (RT's web root)", source=name)
+        headers: dict[str, str] = {"Accept": "application/json"}
+        auth: httpx.BasicAuth | None = None
+        if "token" in secrets:
+            headers["Authorization"] = f"token {secrets['token'].get_secret_value()}"
+        elif "password" in secrets:
+            if not parsed.username:
+                raise ConfigError("rt source with a password secret needs options.username", source=name)
+            auth = httpx.BasicAuth(parsed.username, secrets["password"].get_secret_value())
+        else:
+            raise ConfigError("rt source needs a 'token' secret or a 'password' secret", source=name)
+        client = httpx.Client(
+            base_url=parsed.url + REST_PATH, headers=headers, auth=auth, timeout=parsed.timeout
+        )
+        http = SourceHttp(
+            client, source=name, budget=RequestBudget(requests_per_minute=parsed.requests_per_minute)
+        )
+    return RtConnector(name, http, **parsed.model_dump(exclude_none=True))
+
+
+class _Cursor(BaseModel):
+    """Newest LastUpdated returned so far, and the versions already returned inside the overlap window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: int = CURSOR_VERSION
+    t: datetime | None = None
+    seen: dict[str, datetime] = Field(default_factory=dict)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _rt_time(value: Any) -> datetime | None:
+    """RT's REST 2.0 timestamps ("2026-11-30T00:26:25Z"); None for empty or unset ones."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return _utc(parsed)
+
+
+def _isoz(value: datetime) -> str:
+    return _utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sql_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class RtConnector(Connector):
+    kind: ClassVar[str] = "rt"
+
+    def __init__(self, name: str, http: SourceHttp, **options: Any) -> None:
+        super().__init__(name)
+        self.http = http
+        self.options = parse_options(name, options)
+        self._zone = ZoneInfo(self.options.timezone)
+
+    # --- check ----------------------------------------------------------------------------------
+
+    def check(self) -> str:
+        about = self._get("rt")
+        version = about.get("Version") if isinstance(about, dict) else None
+        if not version:
+            raise BadResponse("GET /rt: no Version in the answer", source=self.name)
+        return f"Request Tracker {version} at {self.http.client.base_url}"
+
+    # --- pull -----------------------------------------------------------------------------------
+
+    def pull(self, cursor: str | None) -> PullPage:
+        state = self._read_cursor(cursor)
+        found = self._search(state)
+        items = found.get("items")
+        if not isinstance(items, list):
+            raise BadResponse("GET /tickets: answer has no 'items' list", source=self.name)
+
+        page = PullPage()
+        newest = state.t
+        seen = dict(state.seen)
+        for raw in items:
+            ticket_id, updated = self._ticket_key(raw)
+            newest = updated if newest is None or updated > newest else newest
+            # Rejected tickets count as seen too: their version is never asked for again.
+            seen[ticket_id] = updated
+            try:
+                page.items.append(self._ticket(raw))
+            except ValidationError as exc:
+                page.rejected.append((ticket_id, _describe(exc)))
+            except (BadResponse, NotFound) as exc:
+                page.rejected.append((ticket_id, str(exc)))
+
+        if newest is not None:
+            horizon = newest - timedelta(seconds=self.options.overlap_seconds)
+            seen = {tid: at for tid, at in seen.items() if at >= horizon}
+        total = found.get("total")
+        page.has_more = total > len(items) if isinstance(total, int) else len(items) >= self.options.page_size
+        page.cursor = _Cursor(t=newest, seen=seen).model_dump_json()
+        return page
+
+    def _read_cursor(self, cursor: str | None) -> _Cursor:
+        if cursor is None:
+            return _Cursor(t=_utc(self.options.start) if self.options.start else None)
+        try:
+            return _Cursor.model_validate_json(cursor)
+        except ValidationError as exc:
+            raise ConfigError(
+                f"stored cursor is not an rt cursor ({_describe(exc)}): {cursor[:120]!r}", source=self.name
+            ) from exc
+
+    def _local(self, value: datetime) -> str:
+        """A UTC instant as RT reads a search date: wall time in the API user's timezone, to the second."""
+        return _utc(value).astimezone(self._zone).strftime("%Y-%m-%d %H:%M:%S")
+
+    def search_query(self, state: _Cursor) -> str:
+        """The TicketSQL of one pull (public so a test can read what a cursor asks RT for)."""
+        clauses: list[str] = []
+        if self.options.queues:
+            clauses.append("(" + " OR ".join(f"Queue = {_sql_quote(q)}" for q in self.options.queues) + ")")
+        if self.options.query:
+            clauses.append(f"({self.options.query})")
+        if state.t is not None:
+            since = state.t - timedelta(seconds=self.options.overlap_seconds)
+            clauses.append(f"LastUpdated >= {_sql_quote(self._local(since))}")
+        for ticket_id, updated in sorted(state.seen.items(), key=lambda kv: int(kv[0])):
+            # This version was returned already; a later update (LastUpdated past it) brings it back.
+            clauses.append(f"(id != {int(ticket_id)} OR LastUpdated > {_sql_quote(self._local(updated))})")
+        return " AND ".join(clauses) if clauses else "id > 0"
+
+    def _search(self, state: _Cursor) -> dict[str, Any]:
+        query = self.search_query(state)
+        params: list[tuple[str, str | int]] = [
+            ("query", query),
+            ("orderby", "LastUpdated"),
+            ("order", "ASC"),
+            ("orderby", "id"),
+            ("order", "ASC"),
+            ("page", 1),
+            ("per_page", self.options.page_size),
+            ("fields", TICKET_FIELDS),
+            ("fields[Requestor]", "EmailAddress,RealName,Name"),
+            ("fields[Queue]", "Name"),
+        ]
+        if len(query) > MAX_QUERY_IN_URL:
+            # A search is safe to repeat, so the POST form of it keeps the usual retries.
+            found = self.http.json("POST", "tickets", data=dict(_merge_params(params)))
+        else:
+            found = self.http.json("GET", "tickets", params=params)
+        if not isinstance(found, dict):
+            raise BadResponse("GET /tickets: expected a JSON object", source=self.name)
+        return found
+
+    def _ticket_key(self, raw: Any) -> tuple[str, datetime]:
+        if not isinstance(raw, dict) or raw.get("id") in (None, ""):
+            raise BadResponse(f"GET /tickets: item without an id: {str(raw)[:200]}", source=self.name)
+        updated = _rt_time(raw.get("LastUpdated"))
+        if updated is None:
+            raise BadResponse(
+                f"GET /tickets: ticket {raw.get('id')} has no LastUpdated (was it asked for in fields?)",
+                source=self.name,
+            )
+        return str(raw["id"]), updated
+
+    def _ticket(self, raw: dict[str, Any]) -> InboundTicket:
+        ticket_id = str(raw["id"])
+        requestors = [r for r in raw.get("Requestor") or [] if isinstance(r, dict)]
+        identities = {
+            str(value).strip().lower()
+            for r in requestors
+            for value in (r.get("id"), r.get("Name"), r.get("EmailAddress"))
+            if value
+        }
+        messages = self._messages(ticket_id, identities, subject=str(raw.get("Subject") or ""))
+        first = requestors[0] if requestors else None
+        requester = (
+            Requester(email=first.get("EmailAddress") or None, name=first.get("RealName") or None)
+            if first
+            else None
+        )
+        return InboundTicket(
+            external_id=ticket_id,
+            source=self.name,
+            channel="ticket",
+            subject=raw.get("Subject") or None,
+            requester=requester,
+            messages=messages,
+        )
+
+    def _messages(self, ticket_id: str, requestors: set[str], *, subject: str) -> list[InboundMessage]:
+        transactions = [
+            t
+            for t in self._collection(f"ticket/{ticket_id}/history", TRANSACTION_PARAMS)
+            if t.get("Type") in MESSAGE_TYPES
+        ]
+        if not transactions:
+            return []
+        parts: dict[str, list[dict[str, Any]]] = {}
+        for attachment in self._collection(f"ticket/{ticket_id}/attachments", ATTACHMENT_PARAMS):
+            parts.setdefault(_ref_id(attachment.get("TransactionId")), []).append(attachment)
+
+        messages: list[InboundMessage] = []
+        for txn in transactions:
+            txn_id = str(txn.get("id"))
+            creator = txn.get("Creator")
+            by_requestor = bool(_identities(creator) & requestors)
+            role: Role
+            if txn.get("Type") == "Create":
+                role = "customer" if by_requestor or self.options.agent_created_as_customer else "agent"
+            else:
+                role = "customer" if by_requestor else "agent"
+            text = self._body(parts.get(txn_id, []))
+            if not text and txn.get("Type") == "Create" and subject.strip():
+                text = subject.strip()  # a ticket opened with a subject only: the subject is the request
+            if not text:
+                continue
+            messages.append(
+                InboundMessage(
+                    role=role, text=text, external_id=txn_id, created_at=_rt_time(txn.get("Created"))
+                )
+            )
+        return messages
+
+    def _body(self, attachments: list[dict[str, Any]]) -> str:
+        part = body_part(attachments)
+        if part is None:
+            return ""
+        text = attachment_text(part)
+        if not text and declared_length(part) > 0 and part.get("id"):
+            # Content not inlined in the collection (e.g. stored externally): fetch it, base64-encoded.
+            single = self._get(f"attachment/{part['id']}")
+            if isinstance(single, dict):
+                try:
+                    text = attachment_text({**part, **single}, base64_content=True)
+                except ValueError as exc:
+                    raise BadResponse(f"attachment {part['id']}: {exc}", source=self.name) from exc
+        return text
+
+    # --- push -----------------------------------------------------------------------------------
+
+    def push(self, write_back: WriteBack) -> WriteBackReceipt:
+        ticket_id = write_back.ticket_external_id
+        if not ticket_id.isdigit():
+            raise NotFound(f"ticket {ticket_id!r}: RT ticket ids are numbers", source=self.name)
+        ticket = self._get(f"ticket/{ticket_id}")  # 404 → NotFound before anything is written
+        if not isinstance(ticket, dict):
+            raise BadResponse(f"GET /ticket/{ticket_id}: expected a JSON object", source=self.name)
+        receipt = WriteBackReceipt()
+        receipt.fields_applied = self._apply_fields(ticket_id, ticket, write_back)
+        receipt.tags_applied = [
+            tag
+            for tag in write_back.tags
+            if (label := _tag_label(tag)) is not None and label[0] in receipt.fields_applied
+        ]
+        if write_back.note is not None:
+            existing = self._find_marker(ticket_id, write_back.marker)
+            if existing is not None:
+                receipt.note_id = existing
+                receipt.deduplicated = True
+            else:
+                receipt.note_id = self._comment(ticket_id, f"{write_back.note}\n\n{write_back.marker}")
+        return receipt
+
+    def labels_for(self, write_back: WriteBack) -> dict[str, str]:
+        """Custom field name → value for a write-back: tags first, explicit fields win."""
+        values: dict[str, str] = {}
+        for tag in write_back.tags:
+            label = _tag_label(tag)
+            if label is not None:
+                values[label[0]] = label[1]
+        values.update(write_back.fields)
+        return {
+            self.options.custom_fields[label]: value
+            for label, value in values.items()
+            if label in self.options.custom_fields
+        }
+
+    def _apply_fields(self, ticket_id: str, ticket: dict[str, Any], write_back: WriteBack) -> dict[str, str]:
+        wanted = self.labels_for(write_back)
+        if not wanted:
+            return {}
+        current = _custom_field_values(ticket)
+        missing = [name for name in wanted if name.lower() not in current]
+        if missing:
+            # RT ignores unknown custom fields silently; say which configuration is wrong instead.
+            raise ConfigError(
+                f"ticket {ticket_id}: custom field(s) {missing} do not apply to its queue or are not "
+                "visible to the API user (RT needs SeeCustomField and ModifyCustomField on them)",
+                source=self.name,
+            )
+        changes = {name: value for name, value in wanted.items() if current[name.lower()] != [value]}
+        if changes:
+            self.http.json("PUT", f"ticket/{ticket_id}", json={"CustomFields": changes})
+        by_field = {v: k for k, v in self.options.custom_fields.items()}
+        return {by_field[name]: value for name, value in wanted.items()}
+
+    def _find_marker(self, ticket_id: str, marker: str) -> str | None:
+        """The transaction id of an earlier note carrying ``marker``, if the ticket has one."""
+        for attachment in self._collection(f"ticket/{ticket_id}/attachments", MARKER_PARAMS):
+            content = attachment.get("Content")
+            if isinstance(content, str) and marker in content:
+                return _ref_id(attachment.get("TransactionId")) or None
+        return None
+
+    def _comment(self, ticket_id: str, body: str) -> str | None:
+        # Not retried blindly: a comment that landed before a timeout would be posted twice. The
+        # write-back pipeline retries the whole push, which finds the marker first.
+        response = self.http.request(
+            "POST",
+            f"ticket/{ticket_id}/comment",
+            retry=False,
+            content=body.encode("utf-8"),
+            headers={"Content-Type": "text/plain; charset=utf-8"},
+        )
+        # 201 Created, Location: /REST/2.0/transaction/{id} — the comment's transaction.
+        location = response.headers.get("Location", "")
+        if "/transaction/" not in location:
+            return None
+        return location.rstrip("/").rsplit("/", 1)[-1] or None
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _get(self, path: str, params: Any = None) -> Any:
+        return self.http.json("GET", path, params=params)
+
+    def _collection(self, path: str, params: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+        """Every item of a paged REST 2.0 collection."""
+        page = 1
+        while True:
+            found = self._get(path, params=[*params, ("page", str(page)), ("per_page", "100")])
+            items = found.get("items") if isinstance(found, dict) else None
+            if not isinstance(items, list):
+                raise BadResponse(f"GET /{path}: answer has no 'items' list", source=self.name)
+            yield from (item for item in items if isinstance(item, dict))
+            pages = found.get("pages")
+            if not items or not isinstance(pages, int) or page >= pages:
+                return
+            page += 1
+
+
+TRANSACTION_PARAMS = [("fields", "Type,Creator,Created"), ("fields[Creator]", "Name,EmailAddress")]
+ATTACHMENT_PARAMS = [("fields", "TransactionId,ContentType,Filename,Headers,Content")]
+MARKER_PARAMS = [("fields", "TransactionId,Content")]
+
+
+def _merge_params(params: list[tuple[str, str | int]]) -> dict[str, list[str]]:
+    merged: dict[str, list[str]] = {}
+    for key, value in params:
+        merged.setdefault(key, []).append(str(value))
+    return merged
+
+
+def _ref_id(value: Any) -> str:
+    """An id from REST 2.0, which gives related records either as a bare id or as {type, id, _url}."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return "" if value is None else str(value)
+
+
+def _identities(user: Any) -> set[str]:
+    if isinstance(user, dict):
+        return {
+            str(v).strip().lower() for v in (user.get("id"), user.get("Name"), user.get("EmailAddress")) if v
+        }
+    return {str(user).strip().lower()} if user else set()
+
+
+def _tag_label(tag: str) -> tuple[str, str] | None:
+    for prefix, label in TAG_FIELDS.items():
+        if tag.startswith(prefix) and len(tag) > len(prefix):
+            return label, tag[len(prefix) :]
+    return None
+
+
+def _custom_field_values(ticket: dict[str, Any]) -> dict[str, list[str]]:
+    """Lower-cased custom field name and id → current values, from ``GET /ticket/{id}``."""
+    fields = ticket.get("CustomFields")
+    if not isinstance(fields, list):
+        return {}
+    values: dict[str, list[str]] = {}
+    for field in fields:
+        if isinstance(field, dict):
+            current = [str(v) for v in field.get("values") or []]
+            for key in (field.get("name"), field.get("id")):
+                if key not in (None, ""):
+                    values[str(key).lower()] = current
+    return values
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'ticket'}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
