@@ -29,6 +29,7 @@ Auth: an RT auth token (``Authorization: token …``) or a user name and passwor
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -64,6 +65,9 @@ MESSAGE_TYPES = ("Create", "Correspond")
 # Past this length a search goes in a POST body (RT accepts the same parameters there) instead of the URL.
 MAX_QUERY_IN_URL = 4000
 CURSOR_VERSION = 1
+# A ticket read less than this long after its LastUpdated (by the server's clock) may still change within
+# that same second; it is returned once more at the end of the pass (see RtConnector.pull).
+SETTLE_SECONDS = 2
 
 
 class RtOptions(BaseModel):
@@ -83,7 +87,7 @@ class RtOptions(BaseModel):
     custom_fields: dict[str, str] = Field(default_factory=dict)
     page_size: int = Field(default=50, ge=1, le=100)  # REST 2.0 caps per_page at 100
     # How far behind the newest LastUpdated each pull looks again (late commits, same-second updates).
-    overlap_seconds: int = Field(default=5, ge=0, le=3600)
+    overlap_seconds: int = Field(default=5, ge=SETTLE_SECONDS, le=3600)
     # First pull: tickets updated at or after this instant (default: all of them).
     start: datetime | None = None
     # RT reads the dates in a search in the API user's timezone (their preference, else RT's $Timezone).
@@ -173,6 +177,8 @@ class _Cursor(BaseModel):
     v: int = CURSOR_VERSION
     t: datetime | None = None
     seen: dict[str, datetime] = Field(default_factory=dict)
+    # Ids in ``seen`` whose version was read while its LastUpdated second was not yet over.
+    fresh: list[str] = Field(default_factory=list)
 
 
 def _utc(value: datetime) -> datetime:
@@ -190,8 +196,12 @@ def _rt_time(value: Any) -> datetime | None:
     return _utc(parsed)
 
 
-def _isoz(value: datetime) -> str:
-    return _utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _server_time(response: httpx.Response) -> datetime:
+    """The RT server's clock from the Date header (so client clock skew does not matter), else ours."""
+    try:
+        return _utc(email.utils.parsedate_to_datetime(response.headers["Date"]))
+    except (KeyError, TypeError, ValueError):
+        return datetime.now(UTC)
 
 
 def _sql_quote(value: str) -> str:
@@ -220,7 +230,7 @@ class RtConnector(Connector):
 
     def pull(self, cursor: str | None) -> PullPage:
         state = self._read_cursor(cursor)
-        found = self._search(state)
+        found, server_now = self._search(state)
         items = found.get("items")
         if not isinstance(items, list):
             raise BadResponse("GET /tickets: answer has no 'items' list", source=self.name)
@@ -228,11 +238,17 @@ class RtConnector(Connector):
         page = PullPage()
         newest = state.t
         seen = dict(state.seen)
+        fresh = set(state.fresh)
+        settled_before = server_now - timedelta(seconds=SETTLE_SECONDS)
         for raw in items:
             ticket_id, updated = self._ticket_key(raw)
             newest = updated if newest is None or updated > newest else newest
             # Rejected tickets count as seen too: their version is never asked for again.
             seen[ticket_id] = updated
+            if updated > settled_before:
+                fresh.add(ticket_id)
+            else:
+                fresh.discard(ticket_id)
             try:
                 page.items.append(self._ticket(raw))
             except ValidationError as exc:
@@ -240,12 +256,19 @@ class RtConnector(Connector):
             except (BadResponse, NotFound) as exc:
                 page.rejected.append((ticket_id, str(exc)))
 
+        total = found.get("total")
+        page.has_more = total > len(items) if isinstance(total, int) else len(items) >= self.options.page_size
+        if not page.has_more:
+            # End of this pass: versions seen while their second was still open may have changed since
+            # without a new LastUpdated. Stop excluding them, so the next pull returns them once more.
+            for ticket_id in fresh:
+                seen.pop(ticket_id, None)
+            fresh = set()
         if newest is not None:
             horizon = newest - timedelta(seconds=self.options.overlap_seconds)
             seen = {tid: at for tid, at in seen.items() if at >= horizon}
-        total = found.get("total")
-        page.has_more = total > len(items) if isinstance(total, int) else len(items) >= self.options.page_size
-        page.cursor = _Cursor(t=newest, seen=seen).model_dump_json()
+            fresh &= set(seen)
+        page.cursor = _Cursor(t=newest, seen=seen, fresh=sorted(fresh, key=int)).model_dump_json()
         return page
 
     def _read_cursor(self, cursor: str | None) -> _Cursor:
@@ -277,7 +300,7 @@ class RtConnector(Connector):
             clauses.append(f"(id != {int(ticket_id)} OR LastUpdated > {_sql_quote(self._local(updated))})")
         return " AND ".join(clauses) if clauses else "id > 0"
 
-    def _search(self, state: _Cursor) -> dict[str, Any]:
+    def _search(self, state: _Cursor) -> tuple[dict[str, Any], datetime]:
         query = self.search_query(state)
         params: list[tuple[str, str | int]] = [
             ("query", query),
@@ -293,12 +316,16 @@ class RtConnector(Connector):
         ]
         if len(query) > MAX_QUERY_IN_URL:
             # A search is safe to repeat, so the POST form of it keeps the usual retries.
-            found = self.http.json("POST", "tickets", data=dict(_merge_params(params)))
+            response = self.http.request("POST", "tickets", data=_merge_params(params))
         else:
-            found = self.http.json("GET", "tickets", params=params)
+            response = self.http.request("GET", "tickets", params=params)
+        try:
+            found = response.json()
+        except ValueError as exc:
+            raise BadResponse(f"GET /tickets: malformed JSON ({exc})", source=self.name) from exc
         if not isinstance(found, dict):
             raise BadResponse("GET /tickets: expected a JSON object", source=self.name)
-        return found
+        return found, _server_time(response)
 
     def _ticket_key(self, raw: Any) -> tuple[str, datetime]:
         if not isinstance(raw, dict) or raw.get("id") in (None, ""):

@@ -223,7 +223,8 @@ Set($LogToFile, undef);
 
 
 def provision(server: RtServer) -> None:
-    """What an RT administrator sets up for ticketfleet: a queue, and the custom fields labels go to."""
+    """What an RT administrator sets up for ticketfleet: a queue, and the custom fields labels go to
+    (global here, so the per-test queues of tests/support/rt_harness.py have them too)."""
     with server.admin_client() as client:
         created = client.post("/queue", json={"Name": QUEUE, "Description": "ticketfleet tests"})
         created.raise_for_status()
@@ -235,7 +236,8 @@ def provision(server: RtServer) -> None:
                     "Type": "Freeform",
                     "MaxValues": 1,
                     "LookupType": "RT::Queue-RT::Ticket",
-                    "Queue": QUEUE,  # applies the field to the queue
+                    # 0: applied to every queue (the tests make a queue per test); a name applies it to one.
+                    "Queue": 0,
                 },
             )
             response.raise_for_status()
