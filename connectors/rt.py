@@ -14,8 +14,10 @@ Pull
     ticket in that window it already returned (``seen``: id → LastUpdated). The query excludes exactly
     those versions, so every page is page 1 of what is still unseen — no offsets that shift when a
     ticket is updated mid-way, no page that repeats forever when many tickets share one second — and
-    a ticket updated again (new LastUpdated) comes back. Anything returned twice is absorbed by the
-    idempotent ingest.
+    a ticket updated again (new LastUpdated) comes back. A version read while its LastUpdated second was
+    still open ("fresh") could change again within that second without a new LastUpdated, so fresh
+    versions are dropped from ``seen`` at the end of each pass and returned once more. Anything
+    returned twice is absorbed by the idempotent ingest. Details: docs/connectors-rt.md.
 
 Push
     The draft goes in as a *comment* (``POST /ticket/{id}/comment``, text/plain) — never a correspondence,
