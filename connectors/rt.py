@@ -32,6 +32,7 @@ Auth: an RT auth token (``Authorization: token …``) or a user name and passwor
 from __future__ import annotations
 
 import email.utils
+import json
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -517,8 +518,10 @@ class RtConnector(Connector):
 
 
 TRANSACTION_PARAMS = [("fields", "Type,Creator,Created"), ("fields[Creator]", "Name,EmailAddress")]
-ATTACHMENT_PARAMS = [("fields", "TransactionId,ContentType,Filename,Headers,Content")]
-MARKER_PARAMS = [("fields", "TransactionId,Content")]
+# Text parts only (a JSON search on the collection): attached files' content never travels.
+TEXT_PARTS = json.dumps([{"field": "ContentType", "operator": "LIKE", "value": "text/"}])
+ATTACHMENT_PARAMS = [("query", TEXT_PARTS), ("fields", "TransactionId,ContentType,Filename,Headers,Content")]
+MARKER_PARAMS = [("query", TEXT_PARTS), ("fields", "TransactionId,Content")]
 
 
 def _merge_params(params: list[tuple[str, str | int]]) -> dict[str, list[str]]:

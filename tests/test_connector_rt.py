@@ -4,6 +4,7 @@ content, the second-granularity cursor, custom-field labels and the marker that 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -124,6 +125,38 @@ def test_ticket_opened_by_an_agent_for_a_customer(harness: RtHarness) -> None:
     assert ticket_id not in {item.external_id for page in pages for item in page.items}
     reasons = dict(rejected for page in pages for rejected in page.rejected)
     assert "customer" in reasons[ticket_id], reasons
+
+
+def test_attached_files_are_neither_the_message_nor_downloaded(harness: RtHarness) -> None:
+    request = _unique("Screenshot and log attached")
+    created = harness.admin.post(
+        "/ticket",
+        json={
+            "Queue": harness.queue,
+            "Subject": "Files",
+            "Requestor": "files@example.com",
+            "Content": request,
+            "ContentType": "text/plain",
+            "Attachments": [
+                {
+                    "FileName": "log.txt",
+                    "FileType": "text/plain",
+                    "FileContent": base64.b64encode(b"ERROR a log line").decode(),
+                },
+                {
+                    "FileName": "screen.png",
+                    "FileType": "image/png",
+                    "FileContent": base64.b64encode(bytes(range(256)) * 64).decode(),
+                },
+            ],
+        },
+    )
+    created.raise_for_status()
+    ticket_id = str(created.json()["id"])
+
+    ticket = _pulled(harness.connector())[ticket_id]
+
+    assert [m.text for m in ticket.messages] == [request]
 
 
 # --- cursor ------------------------------------------------------------------------------------------
