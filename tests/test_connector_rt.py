@@ -194,6 +194,32 @@ def test_ticket_read_in_its_open_second_comes_back_once_more(harness: RtHarness)
     assert ticket_id not in _pulled(connector, cursor)
 
 
+def test_tickets_sharing_a_second_are_paged_without_gaps_or_repeats(harness: RtHarness) -> None:
+    """One bulk request creates them all, so several share a LastUpdated second (the ties the cursor handles)."""
+    texts = [_unique(f"bulk ticket {i}") for i in range(7)]
+    created = harness.admin.post(
+        "/tickets/bulk",
+        json=[
+            {
+                "Queue": harness.queue,
+                "Subject": f"Bulk {i}",
+                "Requestor": f"bulk{i}@example.com",
+                "Content": t,
+            }
+            for i, t in enumerate(texts)
+        ],
+    )
+    created.raise_for_status()
+    ids = {str(item["id"]) for item in created.json()}
+    assert len(ids) == len(texts)
+
+    pages, _ = pull_all(harness.connector(page_size=2))
+
+    pulled = [item.external_id for page in pages for item in page.items]
+    assert sorted(pulled) == sorted(ids), f"gaps or repeats within one pass: {pulled}"
+    assert len(pages) >= 4
+
+
 def test_cursor_with_many_seen_versions_still_pulls(harness: RtHarness) -> None:
     """Hundreds of tickets updated within the overlap window make a long TicketSQL: sent as a POST body."""
     ticket_id = harness.create_ticket(subject="Busy", text=_unique("busy second"))
