@@ -195,7 +195,7 @@ def test_ticket_read_in_its_open_second_comes_back_once_more(harness: RtHarness)
 
 
 def test_tickets_sharing_a_second_are_paged_without_gaps_or_repeats(harness: RtHarness) -> None:
-    """One bulk request creates them all, so several share a LastUpdated second (the ties the cursor handles)."""
+    """One bulk request creates them all, so several share a LastUpdated second (ties)."""
     texts = [_unique(f"bulk ticket {i}") for i in range(7)]
     created = harness.admin.post(
         "/tickets/bulk",
