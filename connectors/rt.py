@@ -97,6 +97,9 @@ class RtOptions(BaseModel):
     timezone: str = "UTC"
     # A ticket an agent opened for a customer (creator not a requestor): is its first message the customer's?
     agent_created_as_customer: bool = True
+    # Most ticket versions the cursor excludes by id; past it (a bulk update of many tickets within the
+    # window) the oldest give way to a (LastUpdated, id) floor, which keeps queries short.
+    max_seen: int = Field(default=500, ge=1, le=5000)
     timeout: float = Field(default=30.0, gt=0)
     requests_per_minute: float | None = Field(default=None, gt=0)
 
@@ -182,6 +185,9 @@ class _Cursor(BaseModel):
     seen: dict[str, datetime] = Field(default_factory=dict)
     # Ids in ``seen`` whose version was read while its LastUpdated second was not yet over.
     fresh: list[str] = Field(default_factory=list)
+    # Everything at or before (floor_t, floor_id) in (LastUpdated, id) order was returned already.
+    floor_t: datetime | None = None
+    floor_id: int | None = None
 
 
 def _utc(value: datetime) -> datetime:
@@ -267,11 +273,21 @@ class RtConnector(Connector):
             for ticket_id in fresh:
                 seen.pop(ticket_id, None)
             fresh = set()
+        floor_t, floor_id = state.floor_t, state.floor_id
         if newest is not None:
             horizon = newest - timedelta(seconds=self.options.overlap_seconds)
             seen = {tid: at for tid, at in seen.items() if at >= horizon}
-            fresh &= set(seen)
-        page.cursor = _Cursor(t=newest, seen=seen, fresh=sorted(fresh, key=int)).model_dump_json()
+            if floor_t is not None and floor_t < horizon:
+                floor_t = floor_id = None  # the window alone keeps those out now
+        if len(seen) > self.options.max_seen:
+            ordered = sorted(seen.items(), key=lambda kv: (kv[1], int(kv[0])))
+            evicted = ordered[: len(ordered) - self.options.max_seen]
+            seen = dict(ordered[len(evicted) :])
+            floor_t, floor_id = evicted[-1][1], int(evicted[-1][0])
+        fresh &= set(seen)
+        page.cursor = _Cursor(
+            t=newest, seen=seen, fresh=sorted(fresh, key=int), floor_t=floor_t, floor_id=floor_id
+        ).model_dump_json()
         return page
 
     def _read_cursor(self, cursor: str | None) -> _Cursor:
@@ -298,6 +314,9 @@ class RtConnector(Connector):
         if state.t is not None:
             since = state.t - timedelta(seconds=self.options.overlap_seconds)
             clauses.append(f"LastUpdated >= {_sql_quote(self._local(since))}")
+        if state.floor_t is not None and state.floor_id is not None:
+            floor = _sql_quote(self._local(state.floor_t))
+            clauses.append(f"(LastUpdated > {floor} OR (LastUpdated >= {floor} AND id > {state.floor_id}))")
         for ticket_id, updated in sorted(state.seen.items(), key=lambda kv: int(kv[0])):
             # This version was returned already; a later update (LastUpdated past it) brings it back.
             clauses.append(f"(id != {int(ticket_id)} OR LastUpdated > {_sql_quote(self._local(updated))})")

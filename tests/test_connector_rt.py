@@ -194,7 +194,10 @@ def test_ticket_read_in_its_open_second_comes_back_once_more(harness: RtHarness)
     assert ticket_id not in _pulled(connector, cursor)
 
 
-def test_tickets_sharing_a_second_are_paged_without_gaps_or_repeats(harness: RtHarness) -> None:
+@pytest.mark.parametrize("max_seen", [500, 3], ids=["exclusions", "floor"])
+def test_tickets_sharing_a_second_are_paged_without_gaps_or_repeats(
+    harness: RtHarness, max_seen: int
+) -> None:
     """One bulk request creates them all, so several share a LastUpdated second (ties)."""
     texts = [_unique(f"bulk ticket {i}") for i in range(7)]
     created = harness.admin.post(
@@ -213,11 +216,13 @@ def test_tickets_sharing_a_second_are_paged_without_gaps_or_repeats(harness: RtH
     ids = {str(item["id"]) for item in created.json()}
     assert len(ids) == len(texts)
 
-    pages, _ = pull_all(harness.connector(page_size=2))
+    # max_seen=3: most returned versions give way to the (LastUpdated, id) floor as the pass goes on.
+    pages, cursor = pull_all(harness.connector(page_size=2, max_seen=max_seen))
 
     pulled = [item.external_id for page in pages for item in page.items]
     assert sorted(pulled) == sorted(ids), f"gaps or repeats within one pass: {pulled}"
     assert len(pages) >= 4
+    assert len(json.loads(cursor or "{}")["seen"]) <= max_seen
 
 
 def test_cursor_with_many_seen_versions_still_pulls(harness: RtHarness) -> None:

@@ -73,3 +73,18 @@ def test_labels_map_tags_and_fields_onto_configured_custom_fields(client: httpx.
     )
 
     assert connector.labels_for(write_back) == {"TF Language": "pt", "TF Priority": "urgent"}
+
+
+def test_floor_is_a_keyset_on_lastupdated_and_id(client: httpx.Client) -> None:
+    connector = _connector(client, overlap_seconds=2)
+    raw = (
+        '{"v": 1, "t": "2026-07-01T10:00:05Z", "seen": {}, "fresh": [],'
+        ' "floor_t": "2026-07-01T10:00:04Z", "floor_id": 41}'
+    )
+
+    query = connector.search_query(_cursor(connector, raw))
+
+    assert query == (
+        "LastUpdated >= '2026-07-01 10:00:03'"
+        " AND (LastUpdated > '2026-07-01 10:00:04' OR (LastUpdated >= '2026-07-01 10:00:04' AND id > 41))"
+    )
