@@ -1,13 +1,14 @@
 """A real Request Tracker 5 for the tests: Debian's ``request-tracker5`` on a throwaway SQLite database.
 
-``scripts/ci-rt.sh`` installs the packages. Each test session gets a server of its own:
+``scripts/ci-rt.sh`` installs the packages. Each test session gets a server of its own (no root needed):
 
 * a site config in a temporary directory (``RT_SITE_CONFIG`` / ``RT_SITE_CONFIG_DIR``, so the Debian
   files in /etc/request-tracker5 — which point at the packaged database — are never read);
 * a fresh SQLite database made by ``rt-setup-database`` (about a second), plus the rights an e-mail
   customer needs (RT 5.0's REST 2.0 has no ACL endpoint, so they go in as initialdata);
 * ``rt-server --port N`` on a free port, stopped (process group) at the end;
-* outgoing mail (auto-replies) kept in a temporary file by RT's ``testfile`` mailer, never sent.
+* outgoing mail (auto-replies) kept in a temporary file by RT's ``testfile`` mailer, never sent;
+* Mason's compiled templates and web sessions in the temporary directory, shared with nothing.
 
 What the connector needs (a queue, the custom fields it writes labels to) is created through the
 REST API by :func:`provision`, as an administrator would. When RT is not installed the fixture skips
@@ -113,7 +114,8 @@ class RtServer:
         }
 
     def write_config(self) -> None:
-        (self.workdir / "RT_SiteConfig.d").mkdir(parents=True, exist_ok=True)
+        for directory in ("RT_SiteConfig.d", "mason_data", "session_data"):
+            (self.workdir / directory).mkdir(parents=True, exist_ok=True)
         database = self.workdir / "rt.sqlite"
         (self.workdir / "RT_SiteConfig.pm").write_text(
             f"""\
@@ -131,6 +133,9 @@ Set($MailCommand, 'testfile');
 Set($LogToSTDERR, 'warning');
 Set($LogToSyslog, undef);
 Set($LogToFile, undef);
+# Compiled templates and web sessions in the temp dir too: nothing shared with other servers, no root needed.
+$RT::MasonDataDir = '{self.workdir / "mason_data"}';
+$RT::MasonSessionDir = '{self.workdir / "session_data"}';
 1;
 """
         )
