@@ -42,10 +42,12 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from connectors.base import (
+    AuthError,
     BadResponse,
     ConfigError,
     Connector,
     NotFound,
+    PermanentError,
     PullPage,
     WriteBack,
     WriteBackReceipt,
@@ -488,9 +490,25 @@ class RtConnector(Connector):
             )
         changes = {name: value for name, value in wanted.items() if current[name.lower()] != [value]}
         if changes:
-            self.http.json("PUT", f"ticket/{ticket_id}", json={"CustomFields": changes})
+            messages = self.http.json("PUT", f"ticket/{ticket_id}", json={"CustomFields": changes})
+            self._verify_fields(ticket_id, changes, messages)
         by_field = {v: k for k, v in self.options.custom_fields.items()}
         return {by_field[name]: value for name, value in wanted.items()}
+
+    def _verify_fields(self, ticket_id: str, changes: dict[str, str], messages: Any) -> None:
+        """RT answers 200 with a list of messages even when it refused a value (no ModifyCustomField,
+        a value the field's pattern rejects); read the ticket back so a refusal is an error, not a lie."""
+        after = _custom_field_values(self._get(f"ticket/{ticket_id}"))
+        refused = sorted(name for name, value in changes.items() if after.get(name.lower()) != [value])
+        if not refused:
+            return
+        said = "; ".join(str(m) for m in messages) if isinstance(messages, list) else str(messages)
+        error = AuthError if "permission" in said.lower() else PermanentError
+        raise error(
+            f"ticket {ticket_id}: RT did not set custom field(s) {refused} (it said: {said[:300]}); "
+            "the API user needs ModifyCustomField on them",
+            source=self.name,
+        )
 
     def _find_marker(self, ticket_id: str, marker: str) -> str | None:
         """The transaction id of an earlier note carrying ``marker``, if the ticket has one."""

@@ -18,7 +18,15 @@ from connectors.base import AuthError, ConfigError, WriteBack
 from connectors.rt import SETTLE_SECONDS, RtConnector, from_config
 from tests.support.connector_contract import ConnectorContract, pull_all
 from tests.support.rt_harness import RtHarness
-from tests.support.rt_server import CUSTOM_FIELDS, ROOT_PASSWORD, RtServer, rt_server  # noqa: F401
+from tests.support.rt_server import (  # noqa: F401
+    BOT_PASSWORD,
+    BOT_USER,
+    CUSTOM_FIELDS,
+    NO_CF_USER,
+    ROOT_PASSWORD,
+    RtServer,
+    rt_server,
+)
 from ticketfleet.inbound import InboundTicket
 
 
@@ -312,6 +320,30 @@ def test_custom_field_missing_in_rt_is_a_config_error_naming_it(harness: RtHarne
     with pytest.raises(ConfigError, match="No Such Field"):
         connector.push(_write_back(ticket_id))
     assert harness.notes(ticket_id) == [], "nothing is written when the configuration is wrong"
+
+
+def test_the_documented_rights_are_enough(harness: RtHarness) -> None:
+    bot = harness.connector(user=(BOT_USER, BOT_PASSWORD))
+    text = _unique("least privilege")
+    ticket_id = harness.create_ticket(subject="Rights", text=text)
+    write_back = _write_back(ticket_id)
+
+    assert any(text in m.text for m in _pulled(bot)[ticket_id].messages)
+    assert bot.push(write_back).deduplicated is False
+    assert bot.push(write_back).deduplicated is True, "the bot must see its own comment (ShowTicketComments)"
+
+    assert harness.notes(ticket_id) == [f"{write_back.note}\n\n{write_back.marker}"]
+    assert harness.custom_fields(ticket_id)[CUSTOM_FIELDS["priority"]] == ["high"]
+
+
+def test_a_refused_custom_field_is_an_error_not_a_silent_success(harness: RtHarness) -> None:
+    bot = harness.connector(user=(NO_CF_USER, BOT_PASSWORD))
+    ticket_id = harness.create_ticket(subject="Rights", text=_unique("no custom field rights"))
+
+    with pytest.raises(AuthError, match="ModifyCustomField"):
+        bot.push(_write_back(ticket_id))
+    assert harness.custom_fields(ticket_id)[CUSTOM_FIELDS["priority"]] == []
+    assert harness.notes(ticket_id) == [], "the note waits until the labels can be written"
 
 
 # --- from_config and auth ---------------------------------------------------------------------------------

@@ -38,11 +38,15 @@ class RtHarness(SourceHarness):
 
     # --- the connector under test -------------------------------------------------------------
 
-    def connector(self, *, valid_credentials: bool = True, **options: Any) -> RtConnector:
+    def connector(
+        self, *, valid_credentials: bool = True, user: tuple[str, str] | None = None, **options: Any
+    ) -> RtConnector:
+        """Root's auth token by default; ``user`` = (name, password) for basic auth as another user."""
         token = self.server.token if valid_credentials else "1-1-00000000000000000000000000000000"
         client = httpx.Client(
             base_url=self.server.api_url,
-            headers={"Authorization": f"token {token}"},
+            headers={} if user else {"Authorization": f"token {token}"},
+            auth=user,
             timeout=30,
         )
         http = SourceHttp(

@@ -44,11 +44,40 @@ CUSTOM_FIELDS = {
     "priority": "TF Priority",
 }
 
-# Rights for customers writing in by e-mail (the mail gateway acts as the sender). RT grants none by default.
-INITIALDATA = """\
+# API users with exactly the rights docs/connectors-rt.md lists (BOT_USER), and the same minus
+# ModifyCustomField (NO_CF_USER) — the tests check that the documented rights are enough.
+BOT_USER = "tf-bot"
+NO_CF_USER = "tf-bot-nocf"
+BOT_PASSWORD = "tf-bot-password"
+BOT_RIGHTS = [
+    "SeeQueue",
+    "ShowTicket",
+    "ShowTicketComments",
+    "CommentOnTicket",
+    "SeeCustomField",
+    "ModifyCustomField",
+]
+_NO_CF_RIGHTS = [right for right in BOT_RIGHTS if right != "ModifyCustomField"]
+
+
+def _perl_list(values: list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+# Rights for customers writing in by e-mail (the mail gateway acts as the sender; RT grants none by
+# default), and the API users above.
+INITIALDATA = f"""\
+@Users = (
+    {{ Name => '{BOT_USER}', Password => '{BOT_PASSWORD}', Privileged => 1,
+       EmailAddress => '{BOT_USER}@example.com' }},
+    {{ Name => '{NO_CF_USER}', Password => '{BOT_PASSWORD}', Privileged => 1,
+       EmailAddress => '{NO_CF_USER}@example.com' }},
+);
 @ACL = (
-    { GroupDomain => 'SystemInternal', GroupType => 'Everyone', Right => 'CreateTicket' },
-    { GroupDomain => 'SystemInternal', GroupType => 'Everyone', Right => 'ReplyToTicket' },
+    {{ GroupDomain => 'SystemInternal', GroupType => 'Everyone', Right => 'CreateTicket' }},
+    {{ GroupDomain => 'SystemInternal', GroupType => 'Everyone', Right => 'ReplyToTicket' }},
+    {{ UserId => '{BOT_USER}', Right => {_perl_list(BOT_RIGHTS)} }},
+    {{ UserId => '{NO_CF_USER}', Right => {_perl_list(_NO_CF_RIGHTS)} }},
 );
 1;
 """
