@@ -227,6 +227,9 @@ class RtConnector(Connector):
         self.http = http
         self.options = parse_options(name, options)
         self._zone = ZoneInfo(self.options.timezone)
+        # Paths are relative to REST 2.0; a client whose base URL is RT's web root gets the prefix added.
+        base_path = http.client.base_url.path.rstrip("/")
+        self._api_prefix = "" if base_path.endswith(REST_PATH) else REST_PATH.lstrip("/") + "/"
 
     # --- check ----------------------------------------------------------------------------------
 
@@ -340,9 +343,9 @@ class RtConnector(Connector):
         ]
         if len(query) > MAX_QUERY_IN_URL:
             # A search is safe to repeat, so the POST form of it keeps the usual retries.
-            response = self.http.request("POST", "tickets", data=_merge_params(params))
+            response = self.http.request("POST", self._url("tickets"), data=_merge_params(params))
         else:
-            response = self.http.request("GET", "tickets", params=params)
+            response = self.http.request("GET", self._url("tickets"), params=params)
         try:
             found = response.json()
         except ValueError as exc:
@@ -490,7 +493,7 @@ class RtConnector(Connector):
             )
         changes = {name: value for name, value in wanted.items() if current[name.lower()] != [value]}
         if changes:
-            messages = self.http.json("PUT", f"ticket/{ticket_id}", json={"CustomFields": changes})
+            messages = self.http.json("PUT", self._url(f"ticket/{ticket_id}"), json={"CustomFields": changes})
             self._verify_fields(ticket_id, changes, messages)
         by_field = {v: k for k, v in self.options.custom_fields.items()}
         return {by_field[name]: value for name, value in wanted.items()}
@@ -523,7 +526,7 @@ class RtConnector(Connector):
         # write-back pipeline retries the whole push, which finds the marker first.
         response = self.http.request(
             "POST",
-            f"ticket/{ticket_id}/comment",
+            self._url(f"ticket/{ticket_id}/comment"),
             retry=False,
             content=body.encode("utf-8"),
             headers={"Content-Type": "text/plain; charset=utf-8"},
@@ -536,8 +539,11 @@ class RtConnector(Connector):
 
     # --- helpers --------------------------------------------------------------------------------
 
+    def _url(self, path: str) -> str:
+        return self._api_prefix + path
+
     def _get(self, path: str, params: Any = None) -> Any:
-        return self.http.json("GET", path, params=params)
+        return self.http.json("GET", self._url(path), params=params)
 
     def _collection(self, path: str, params: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
         """Every item of a paged REST 2.0 collection."""

@@ -88,3 +88,18 @@ def test_floor_is_a_keyset_on_lastupdated_and_id(client: httpx.Client) -> None:
         "LastUpdated >= '2026-07-01 10:00:03'"
         " AND (LastUpdated > '2026-07-01 10:00:04' OR (LastUpdated >= '2026-07-01 10:00:04' AND id > 41))"
     )
+
+
+@pytest.mark.parametrize(
+    ("base_url", "expected"),
+    [
+        ("https://rt.example.com/REST/2.0", "https://rt.example.com/REST/2.0/tickets"),
+        ("https://rt.example.com/REST/2.0/", "https://rt.example.com/REST/2.0/tickets"),
+        ("https://example.com/rt", "https://example.com/rt/REST/2.0/tickets"),
+        ("https://rt.example.com", "https://rt.example.com/REST/2.0/tickets"),
+    ],
+)
+def test_paths_work_from_the_web_root_or_the_api_root(base_url: str, expected: str) -> None:
+    with httpx.Client(base_url=base_url) as client:
+        connector = _connector(client)
+        assert str(client.build_request("GET", connector._url("tickets")).url) == expected
