@@ -233,6 +233,25 @@ def test_tickets_sharing_a_second_are_paged_without_gaps_or_repeats(
     assert len(json.loads(cursor or "{}")["seen"]) <= max_seen
 
 
+def test_timezone_option_matches_the_api_users_rt_timezone(harness: RtHarness) -> None:
+    """RT reads search dates in the API user's timezone; the option must say which one it is."""
+    zone = "America/New_York"  # west of UTC: a cursor read as UTC would point hours into the future
+    harness.admin.put(f"/user/{BOT_USER}", json={"Timezone": zone}).raise_for_status()
+    try:
+        user = (BOT_USER, BOT_PASSWORD)
+        harness.create_ticket(subject="Before", text=_unique("before the cursor"))
+        time.sleep(SETTLE_SECONDS + 0.5)
+        _, cursor = pull_all(harness.connector(user=user, timezone=zone))
+        after = harness.create_ticket(subject="After", text=_unique("after the cursor"))
+
+        assert after in _pulled(harness.connector(user=user, timezone=zone), cursor)
+        assert after not in _pulled(harness.connector(user=user, timezone="UTC"), cursor), (
+            "with the wrong timezone the window lies in the future (this is why the option exists)"
+        )
+    finally:
+        harness.admin.put(f"/user/{BOT_USER}", json={"Timezone": ""}).raise_for_status()
+
+
 def test_cursor_with_many_seen_versions_still_pulls(harness: RtHarness) -> None:
     """Hundreds of tickets updated within the overlap window make a long TicketSQL: sent as a POST body."""
     ticket_id = harness.create_ticket(subject="Busy", text=_unique("busy second"))
