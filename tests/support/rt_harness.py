@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 
 import httpx
 
-from connectors.base import Connector
 from connectors.http import RetryPolicy, SourceHttp
 from connectors.rt import RtConnector
 from tests.support.connector_contract import SourceHarness
@@ -206,13 +205,3 @@ class RtHarness(SourceHarness):
             for name, values in self.custom_fields(external_id).items()
             for value in values
         }
-
-    def last_updated(self, external_id: str) -> str:
-        ticket = self.admin.get(f"/ticket/{external_id}")
-        ticket.raise_for_status()
-        return str(ticket.json()["LastUpdated"])
-
-
-def as_connector(connector: Connector) -> RtConnector:
-    assert isinstance(connector, RtConnector)
-    return connector
