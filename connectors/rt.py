@@ -153,28 +153,42 @@ def from_config(
     secrets: dict[str, SecretStr],
     http: SourceHttp | None,
 ) -> RtConnector:
-    """Build from the sources file. Secrets: ``token`` (RT auth token), or ``password`` with ``username``."""
+    """Build from the sources file. Secrets: ``token`` (``token_env``, an RT auth token), or ``password``
+    (``password_env``) with ``options.username``.
+
+    The fleet's registry passes ``http`` built from the source's ``base_url`` (RT's web root),
+    ``timeout_seconds`` and ``requests_per_minute``, without credentials: they are added here. Without
+    it (a script, a test) the client is built from ``options.url``, ``timeout`` and ``requests_per_minute``.
+    """
     parsed = parse_options(name, options)
+    headers, auth = _credentials(name, parsed, secrets)
     if http is None:
         if not parsed.url:
-            raise ConfigError("rt source needs options.url (RT's web root)", source=name)
-        headers: dict[str, str] = {"Accept": "application/json"}
-        auth: httpx.BasicAuth | None = None
-        if "token" in secrets:
-            headers["Authorization"] = f"token {secrets['token'].get_secret_value()}"
-        elif "password" in secrets:
-            if not parsed.username:
-                raise ConfigError("rt source with a password secret needs options.username", source=name)
-            auth = httpx.BasicAuth(parsed.username, secrets["password"].get_secret_value())
-        else:
-            raise ConfigError("rt source needs a 'token' secret or a 'password' secret", source=name)
-        client = httpx.Client(
-            base_url=parsed.url + REST_PATH, headers=headers, auth=auth, timeout=parsed.timeout
-        )
+            raise ConfigError("rt source needs base_url (or options.url): RT's web root", source=name)
+        client = httpx.Client(base_url=parsed.url + REST_PATH, timeout=parsed.timeout)
         http = SourceHttp(
             client, source=name, budget=RequestBudget(requests_per_minute=parsed.requests_per_minute)
         )
+    http.client.headers.update(headers)
+    if auth is not None:
+        http.client.auth = auth
     return RtConnector(name, http, **parsed.model_dump(exclude_none=True))
+
+
+def _credentials(
+    name: str, parsed: RtOptions, secrets: Mapping[str, SecretStr]
+) -> tuple[dict[str, str], httpx.BasicAuth | None]:
+    headers = {"Accept": "application/json"}
+    if "token" in secrets:
+        headers["Authorization"] = f"token {secrets['token'].get_secret_value()}"
+        return headers, None
+    if "password" in secrets:
+        if not parsed.username:
+            raise ConfigError("rt source with a password secret needs options.username", source=name)
+        return headers, httpx.BasicAuth(parsed.username, secrets["password"].get_secret_value())
+    raise ConfigError(
+        "rt source needs a 'token' secret (token_env) or a 'password' secret (password_env)", source=name
+    )
 
 
 class _Cursor(BaseModel):

@@ -11,10 +11,12 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
 from connectors.base import AuthError, ConfigError, WriteBack
+from connectors.http import SourceHttp
 from connectors.rt import SETTLE_SECONDS, RtConnector, from_config
 from tests.support.connector_contract import ConnectorContract, pull_all
 from tests.support.rt_harness import RtHarness
@@ -384,12 +386,22 @@ def test_from_config_with_token_and_with_password(rt_server: RtServer) -> None: 
         wrong.check()
 
 
+def test_from_config_adds_credentials_to_the_registrys_client(rt_server: RtServer) -> None:  # noqa: F811
+    """The fleet's registry builds the client from base_url (RT's web root) without credentials."""
+    assert rt_server.token is not None
+    http = SourceHttp(httpx.Client(base_url=rt_server.base_url, timeout=30), source="rt")
+
+    connector = from_config("rt", {}, {"token": SecretStr(rt_server.token)}, http)
+
+    assert "Request Tracker 5." in connector.check()
+
+
 @pytest.mark.parametrize(
     ("options", "secrets", "complaint"),
     [
-        ({}, {"token": "t"}, "options.url"),
+        ({}, {"token": "t"}, "base_url (or options.url)"),
         ({"url": "rt.example.com"}, {"token": "t"}, "http:// or https://"),
-        ({"url": "https://rt.example.com"}, {}, "'token' secret or a 'password'"),
+        ({"url": "https://rt.example.com"}, {}, "'token' secret (token_env) or a 'password'"),
         ({"url": "https://rt.example.com"}, {"password": "p"}, "username"),
         ({"url": "https://rt.example.com", "custom_fields": {"mood": "X"}}, {"token": "t"}, "mood"),
         ({"url": "https://rt.example.com", "page_size": 500}, {"token": "t"}, "page_size"),
