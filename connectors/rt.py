@@ -20,7 +20,7 @@ Pull
     returned twice is absorbed by the idempotent ingest. Details: docs/connectors-rt.md.
 
 Push
-    The draft goes in as a *comment* (``POST /ticket/{id}/comment``, text/plain) — never a correspondence,
+    The draft goes in as a text/plain *comment* (``POST /ticket/{id}/comment``) — never a correspondence,
     which RT would mail to the requestor. Its body ends with :attr:`WriteBack.marker`; before posting, the
     ticket's attachments are searched for that marker, so a retried push never comments twice.
     RT has no tags: labels (``WriteBack.fields``, and the ``tf-lang-…``/``tf-intent-…`` tags) go to the
@@ -538,12 +538,13 @@ class RtConnector(Connector):
     def _comment(self, ticket_id: str, body: str) -> str | None:
         # Not retried blindly: a comment that landed before a timeout would be posted twice. The
         # write-back pipeline retries the whole push, which finds the marker first.
+        # A text/plain comment sent as JSON: RT 5.0 takes a raw text/plain request body as Latin-1
+        # bytes and stores non-ASCII drafts double-encoded ("Ã¼" for "ü"); JSON strings arrive intact.
         response = self.http.request(
             "POST",
             self._url(f"ticket/{ticket_id}/comment"),
             retry=False,
-            content=body.encode("utf-8"),
-            headers={"Content-Type": "text/plain; charset=utf-8"},
+            json={"Content": body, "ContentType": "text/plain"},
         )
         # 201 Created, Location: /REST/2.0/transaction/{id} — the comment's transaction.
         location = response.headers.get("Location", "")

@@ -57,7 +57,8 @@ def _write_back(ticket_id: str, **overrides: object) -> WriteBack:
         "ticket_external_id": ticket_id,
         "tags": ["tf-lang-de", "tf-intent-refund", "tf-sentiment-negative"],
         "fields": {"priority": "high"},
-        "note": _unique("Entwurf: Die Erstattung ist unterwegs."),
+        # Non-ASCII on purpose: RT mangles a raw text/plain body (see RtConnector._comment).
+        "note": _unique("Entwurf: Die Erstattung für Sie ist unterwegs — 返金 ✓"),
         "idempotency_key": uuid.uuid4().hex,
     }
     values.update(overrides)
