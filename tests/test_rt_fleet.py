@@ -26,10 +26,11 @@ from tests.support.rt_server import CUSTOM_FIELDS, RtServer, rt_server  # noqa: 
 from ticketfleet.processing import process_lane_batch
 from ticketfleet.settings import GatePolicy, Settings
 
-REASON = "needs the fleet's poller and write-back pipeline (issue 5, connectors work)"
-polling = pytest.importorskip("ticketfleet.polling", reason=REASON)
-sources = pytest.importorskip("ticketfleet.sources", reason=REASON)
-writeback = pytest.importorskip("ticketfleet.writeback", reason=REASON)
+if not (Path(__file__).resolve().parents[1] / "ticketfleet" / "writeback.py").exists():
+    # The RT branch before the merge with the poller/write-back work; once merged, this always runs.
+    pytest.skip("needs the fleet's poller and write-back pipeline", allow_module_level=True)
+
+from ticketfleet import polling, sources, writeback
 
 TOKEN_ENV = "TF_TEST_RT_TOKEN"
 FIELDS = ("language", "sentiment", "intent", "priority")
