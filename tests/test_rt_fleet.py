@@ -78,7 +78,7 @@ def test_rt_tickets_are_pulled_triaged_and_written_back(
     harness: RtHarness,
     fleet_settings: Settings,
     clean_db: str,
-    engine,  # type: ignore[no-untyped-def]
+    engine: Any,
 ) -> None:
     source = _rt_source(fleet_settings)
     customers = {
