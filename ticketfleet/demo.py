@@ -21,9 +21,10 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from db import stats
+from db.audit_chain import verify_chain
 from db.migrate import upgrade
-from db.models import Draft, Message, Source, Ticket, TriageResult, WorkItem
-from db.session import transaction
+from db.models import Draft, Message, PiiVaultEntry, Source, Ticket, TriageResult, WorkItem
+from db.session import get_engine, transaction
 from ticketfleet.importing import import_file
 from ticketfleet.progress import follow_items
 from ticketfleet.services import EmbeddedServices, ServiceUrls, export_env, resolve
@@ -275,6 +276,7 @@ def _summary(database_url: str, item_ids: list[int], elapsed: float, console: Co
         f"{sum(checks.values())} drafts: {checks.get('passed', 0)} passed their checks"
         + (f"; held back with the reason recorded ({held})" if held else "")
     )
+    _privacy_and_audit(database_url, out)
     shown: set[str | None] = set()
     table = Table(
         "customer wrote", "draft (proposed, never sent automatically)", title="a few drafts", show_lines=True
@@ -285,6 +287,24 @@ def _summary(database_url: str, item_ids: list[int], elapsed: float, console: Co
         shown.add(language)
         table.add_row(_clip(customer), _clip(draft))
     out.print(table)
+
+
+def _privacy_and_audit(database_url: str, out: Console) -> None:
+    """What redaction took out before anything was stored, and that the audit chain is intact."""
+    with transaction(database_url) as session:
+        kind = func.regexp_replace(PiiVaultEntry.placeholder, r"^<(.*)_\d+>$", r"\1")
+        kinds = session.execute(select(kind, func.count()).group_by(kind).order_by(func.count().desc())).all()
+    total = sum(n for _, n in kinds)
+    out.print(
+        f"privacy: {total} personal values redacted at ingest, stored only encrypted in the vault "
+        f"({', '.join(f'{kind.lower()} {n}' for kind, n in kinds) or 'none'}); the model and the tables "
+        "saw placeholders"
+    )
+    engine = get_engine(database_url)
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        report = verify_chain(conn)
+    verdict = "intact" if report.ok else f"{len(report.findings)} problem(s): {report.findings[0].detail}"
+    out.print(f"audit: {report.rows} hash-chained events, chain {verdict} (`ticketfleet audit verify`)")
 
 
 def _clip(text: str, limit: int = 280) -> str:
