@@ -392,6 +392,26 @@ def test_left_padding_is_used_for_generation(tiny_engine: TransformersEngine) ->
     )  # new tokens only
 
 
+def test_own_greedy_loop_matches_model_generate(
+    tiny_engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast decode loop and its ``model.generate`` fallback give the same drafts, stops included."""
+    from ticketfleet.engine import drafting
+
+    tokenizer = tiny_engine.tokenizer
+    prompts = [
+        tokenizer.encode(t)
+        for t in ("<|im_start|>user\nhi<|im_end|>", "Hello", "Refund my order now, it has been weeks")
+    ]
+    fast = generate_drafts(tiny_engine.model, tokenizer, prompts, max_new_tokens=6, max_batch_tokens=8192)
+    monkeypatch.setattr(drafting, "_plain_greedy", lambda config: False)
+    reference = generate_drafts(
+        tiny_engine.model, tokenizer, prompts, max_new_tokens=6, max_batch_tokens=8192
+    )
+    assert [(g.text, g.tokens) for g in fast] == [(g.text, g.tokens) for g in reference]
+    assert fast[0].tokens == 1 and max(g.tokens for g in fast) == 6
+
+
 def test_generation_stops_at_im_end(tiny_engine: TransformersEngine) -> None:
     tokenizer = tiny_engine.tokenizer
     assert {151643, 151645} <= set(stop_token_ids(tiny_engine.model, tokenizer))

@@ -154,16 +154,18 @@ def generate_drafts(
     """
     if not prompts:
         return []
-    if not (supports_custom_masks(model) and _plain_greedy(model.generation_config)):
-        return _generate_with_hf(model, tokenizer, prompts, max_new_tokens, max_batch_tokens)
     pad_id = int(tokenizer.pad_token_id)
     stops = stop_token_ids(model, tokenizer)
+    groups = _batches([len(p) for p in prompts], max_new_tokens, max_batch_tokens)
+    results: list[Generated | None] = [None] * len(prompts)
+    if not (supports_custom_masks(model) and _plain_greedy(model.generation_config)):
+        _generate_with_hf(model, tokenizer, prompts, groups, pad_id, stops, max_new_tokens, results)
+        return [result for result in results if result is not None]
     started = time.perf_counter()
     # Prompts share long prefixes (the system prompt of each reply language): run each one once.
     shared = SharedPrefixes(model, prompts, build_prefix_tree(prompts))
     prefix_share = (time.perf_counter() - started) / len(prompts)
-    results: list[Generated | None] = [None] * len(prompts)
-    for group in _batches([len(p) for p in prompts], max_new_tokens, max_batch_tokens):
+    for group in groups:
         started = time.perf_counter()
         new_tokens = _greedy_batch(model, shared, group, pad_id, stops, max_new_tokens, max_batch_tokens)
         share = prefix_share + (time.perf_counter() - started) / len(group)
@@ -394,18 +396,17 @@ def _generate_with_hf(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
+    groups: Sequence[Sequence[int]],
+    pad_id: int,
+    stops: Sequence[int],
     max_new_tokens: int,
-    max_batch_tokens: int,
-) -> list[Generated]:
-    """``model.generate`` on left-padded batches: for models the fast path cannot take."""
-    pad_id = int(tokenizer.pad_token_id)
-    stops = stop_token_ids(model, tokenizer)
-    results: list[Generated | None] = [None] * len(prompts)
-    for group in _batches([len(p) for p in prompts], max_new_tokens, max_batch_tokens):
+    results: list[Generated | None],
+) -> None:
+    """``model.generate`` on left-padded batches ``groups``: for models the fast path cannot take."""
+    for group in groups:
         started = time.perf_counter()
         input_ids, attention_mask = left_pad([prompts[i] for i in group], pad_id)
         new_tokens = hf_greedy_generate(
             model, input_ids, attention_mask, max_new_tokens=max_new_tokens, stops=stops, pad_id=pad_id
         )
         _store(tokenizer, group, new_tokens, (time.perf_counter() - started) / len(group), results)
-    return [result for result in results if result is not None]
