@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from ticketfleet.engine import TransformersEngine, smollm2_gguf_path  # noqa: E402
-from ticketfleet.engine.drafting import generate_drafts, stop_token_ids  # noqa: E402
+from ticketfleet.engine.drafting import generate_drafts, hf_greedy_generate, stop_token_ids  # noqa: E402
 from ticketfleet.engine.language import UNDETERMINED, detect_language  # noqa: E402
 from ticketfleet.engine.loading import LoadedModel, ResolvedModel, select_device  # noqa: E402
 from ticketfleet.engine.prompts import defuse, draft_messages, draft_system_prompt, language_name  # noqa: E402
@@ -156,22 +156,10 @@ class NaiveResult:
 def _generate_one(
     model: Any, prompt: list[int], max_new_tokens: int, stops: list[int], pad_id: int
 ) -> list[int]:
-    ids = torch.tensor([prompt], device=model.device)
-    output = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-        eos_token_id=stops,
-        pad_token_id=pad_id,
-    )
-    tokens: list[int] = output[0, ids.shape[1] :].tolist()
-    end = next((i + 1 for i, token in enumerate(tokens) if token in stops), len(tokens))
-    return tokens[:end]
+    ids = torch.tensor([prompt])
+    return hf_greedy_generate(
+        model, ids, torch.ones_like(ids), max_new_tokens=max_new_tokens, stops=stops, pad_id=pad_id
+    )[0]
 
 
 @torch.inference_mode()

@@ -160,6 +160,28 @@ def test_multi_token_label_scores_every_token(tiny_engine: TransformersEngine) -
         assert got[0] == pytest.approx(expected, abs=1e-4)
 
 
+def test_label_trie_runs_only_tokens_whose_output_is_scored() -> None:
+    """A label's last token is only a target: the trie pass feeds prefixes and label heads, not leaves."""
+    from ticketfleet.engine.scoring import _build_trie
+
+    prefix = [10, 11]
+    trie = _build_trie([(prefix, [20]), (prefix, [20, 21]), (prefix, [30, 31, 32])])
+    # Fed: the prefix (10, 11), " 20" (extended by option 1), " 30" and " 31"; never 21 or 32.
+    assert trie.tokens == [10, 11, 20, 30, 31]
+    assert trie.depths == [0, 1, 2, 2, 3]
+    node = {token: i for i, token in enumerate(trie.tokens)}
+    assert trie.picks == [
+        (node[11], 20, 0),
+        (node[11], 20, 1),
+        (node[20], 21, 1),
+        (node[11], 30, 2),
+        (node[30], 31, 2),
+        (node[31], 32, 2),
+    ]
+    # Each node sees its own path only: 31 sees 10, 11, 30 and itself, not 20.
+    assert trie.ancestors[node[31]].tolist() == [True, True, False, True, True]
+
+
 def test_shared_prompt_path_matches_full_sequences(tiny_engine: TransformersEngine) -> None:
     prompts = [tiny_engine._prepare(item).triage_ids for item in make_items()[:3]]
     fast = score_fields(
@@ -368,6 +390,26 @@ def test_left_padding_is_used_for_generation(tiny_engine: TransformersEngine) ->
     assert not any(
         tokenizer.decode(p) in g.text for p, g in zip(prompts, batch, strict=True)
     )  # new tokens only
+
+
+def test_own_greedy_loop_matches_model_generate(
+    tiny_engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast decode loop and its ``model.generate`` fallback give the same drafts, stops included."""
+    from ticketfleet.engine import drafting
+
+    tokenizer = tiny_engine.tokenizer
+    prompts = [
+        tokenizer.encode(t)
+        for t in ("<|im_start|>user\nhi<|im_end|>", "Hello", "Refund my order now, it has been weeks")
+    ]
+    fast = generate_drafts(tiny_engine.model, tokenizer, prompts, max_new_tokens=6, max_batch_tokens=8192)
+    monkeypatch.setattr(drafting, "_plain_greedy", lambda config: False)
+    reference = generate_drafts(
+        tiny_engine.model, tokenizer, prompts, max_new_tokens=6, max_batch_tokens=8192
+    )
+    assert [(g.text, g.tokens) for g in fast] == [(g.text, g.tokens) for g in reference]
+    assert fast[0].tokens == 1 and max(g.tokens for g in fast) == 6
 
 
 def test_generation_stops_at_im_end(tiny_engine: TransformersEngine) -> None:

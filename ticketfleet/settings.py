@@ -103,7 +103,10 @@ class Settings(BaseSettings):
 
     # --- batching -------------------------------------------------------------------------------
     batch_size: int = Field(default=16, ge=1, le=1024)
-    batch_max_tokens: int = Field(default=8192, ge=64, description="Token budget of one batch.")
+    # 16 x 1024: a full batch of drafts (prompt + max_new_tokens per row) decodes as one batch. A draft
+    # batch split by the budget decodes its remainder separately, and every decode step re-reads the
+    # weights: on SmolLM2/CPU one row costs ~33 ms a step, forty rows ~175 ms; see docs/engine.md.
+    batch_max_tokens: int = Field(default=16384, ge=64, description="Token budget of one batch.")
     max_wait_ms: int = Field(default=50, ge=0, le=60_000, description="How long a batch may wait to fill.")
 
     # --- reliability ----------------------------------------------------------------------------

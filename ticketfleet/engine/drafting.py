@@ -154,23 +154,69 @@ def generate_drafts(
     """
     if not prompts:
         return []
-    if not (supports_custom_masks(model) and _plain_greedy(model.generation_config)):
-        return _generate_with_hf(model, tokenizer, prompts, max_new_tokens, max_batch_tokens)
     pad_id = int(tokenizer.pad_token_id)
     stops = stop_token_ids(model, tokenizer)
+    groups = _batches([len(p) for p in prompts], max_new_tokens, max_batch_tokens)
+    results: list[Generated | None] = [None] * len(prompts)
+    if not (supports_custom_masks(model) and _plain_greedy(model.generation_config)):
+        _generate_with_hf(model, tokenizer, prompts, groups, pad_id, stops, max_new_tokens, results)
+        return [result for result in results if result is not None]
     started = time.perf_counter()
     # Prompts share long prefixes (the system prompt of each reply language): run each one once.
     shared = SharedPrefixes(model, prompts, build_prefix_tree(prompts))
     prefix_share = (time.perf_counter() - started) / len(prompts)
-    results: list[Generated | None] = [None] * len(prompts)
-    for group in _batches([len(p) for p in prompts], max_new_tokens, max_batch_tokens):
+    for group in groups:
         started = time.perf_counter()
         new_tokens = _greedy_batch(model, shared, group, pad_id, stops, max_new_tokens, max_batch_tokens)
         share = prefix_share + (time.perf_counter() - started) / len(group)
-        for index, tokens in zip(group, new_tokens, strict=True):
-            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            results[index] = Generated(text=text, tokens=len(tokens), seconds=share)
+        _store(tokenizer, group, new_tokens, share, results)
     return [result for result in results if result is not None]
+
+
+def _store(
+    tokenizer: Any,
+    group: Sequence[int],
+    new_tokens: Sequence[list[int]],
+    share: float,
+    results: list[Generated | None],
+) -> None:
+    """Decode each row's new tokens (already cut after the stop token) into ``results[index]``."""
+    for index, tokens in zip(group, new_tokens, strict=True):
+        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        results[index] = Generated(text=text, tokens=len(tokens), seconds=share)
+
+
+def hf_greedy_generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    stops: Sequence[int],
+    pad_id: int,
+) -> list[list[int]]:
+    """``model.generate`` forced to plain greedy; each row's new tokens, cut after its first stop token.
+
+    The reference decoder: the fallback of ``generate_drafts`` and the naive baseline of bench/engine.py.
+    """
+    output = model.generate(
+        input_ids=input_ids.to(model.device),
+        attention_mask=attention_mask.to(model.device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        eos_token_id=list(stops),
+        pad_token_id=pad_id,
+    )
+    rows: list[list[int]] = output[:, input_ids.shape[1] :].cpu().tolist()
+    stop_set = set(stops)
+    return [
+        tokens[: next((i + 1 for i, token in enumerate(tokens) if token in stop_set), len(tokens))]
+        for tokens in rows
+    ]
 
 
 # Generation settings that would add a logits processor to greedy decoding in ``model.generate``,
@@ -350,33 +396,17 @@ def _generate_with_hf(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
+    groups: Sequence[Sequence[int]],
+    pad_id: int,
+    stops: Sequence[int],
     max_new_tokens: int,
-    max_batch_tokens: int,
-) -> list[Generated]:
-    """``model.generate`` on left-padded batches: for models the fast path cannot take."""
-    pad_id = int(tokenizer.pad_token_id)
-    stops = stop_token_ids(model, tokenizer)
-    results: list[Generated | None] = [None] * len(prompts)
-    for group in _batches([len(p) for p in prompts], max_new_tokens, max_batch_tokens):
+    results: list[Generated | None],
+) -> None:
+    """``model.generate`` on left-padded batches ``groups``: for models the fast path cannot take."""
+    for group in groups:
         started = time.perf_counter()
         input_ids, attention_mask = left_pad([prompts[i] for i in group], pad_id)
-        output = model.generate(
-            input_ids=input_ids.to(model.device),
-            attention_mask=attention_mask.to(model.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=stops,
-            pad_token_id=pad_id,
+        new_tokens = hf_greedy_generate(
+            model, input_ids, attention_mask, max_new_tokens=max_new_tokens, stops=stops, pad_id=pad_id
         )
-        new_tokens = output[:, input_ids.shape[1] :].cpu().tolist()
-        share = (time.perf_counter() - started) / len(group)
-        for row, index in enumerate(group):
-            tokens = new_tokens[row]
-            end = next((i + 1 for i, token in enumerate(tokens) if token in stops), len(tokens))
-            text = tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
-            results[index] = Generated(text=text, tokens=end, seconds=share)
-    return [result for result in results if result is not None]
+        _store(tokenizer, group, new_tokens, (time.perf_counter() - started) / len(group), results)
