@@ -46,6 +46,7 @@ from db.migrate import upgrade  # noqa: E402
 from db.models import WorkItem  # noqa: E402
 from db.session import dispose_engines, normalise_url, transaction  # noqa: E402
 from ticketfleet.importing import import_file  # noqa: E402
+from ticketfleet.pii.vault import generate_key  # noqa: E402
 from ticketfleet.services import EmbeddedServices, redis_client, resolve  # noqa: E402
 from ticketfleet.settings import Settings  # noqa: E402
 
@@ -238,6 +239,8 @@ def file_path(records: list[dict[str, Any]], settings: Settings, workdir: Path) 
 
 
 def main() -> None:
+    # Ingest redacts PII into the vault: a throwaway key for this run (server and import alike).
+    os.environ.setdefault("TICKETFLEET_PII_KEY", generate_key())
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--chat", type=int, default=500, help="how many of the items are chat messages")

@@ -470,6 +470,15 @@ def test_ticketfleet_serve_command_serves_the_api(database_url: str, redis_url: 
         server.wait(timeout=30)
 
 
+def test_ticketfleet_serve_refuses_to_start_without_the_pii_key(database_url: str, redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKETFLEET_PII")}
+    env |= {"TICKETFLEET_DATABASE_URL": database_url, "TICKETFLEET_REDIS_URL": redis_url}
+    cmd = [sys.executable, "-m", "ticketfleet.cli", "serve", f"--port={_free_port()}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "TICKETFLEET_PII_KEY is not set" in done.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

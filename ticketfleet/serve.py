@@ -28,6 +28,13 @@ def serve(
     if missing:
         typer.echo(f"error: set {' and '.join('TICKETFLEET_' + m for m in missing)}", err=True)
         raise typer.Exit(2)
+    from ticketfleet.pii.vault import PiiKeyError, VaultCipher
+
+    try:
+        VaultCipher.from_settings(settings)  # every stored ticket is redacted with the vault key
+    except PiiKeyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     if not settings.api_sources:
         typer.echo("warning: TICKETFLEET_API_SOURCES is empty: every request will be refused (401)", err=True)
     uvicorn.run(

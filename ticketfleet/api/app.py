@@ -9,11 +9,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ticketfleet.api.errors import ApiError, api_error_handler
+from ticketfleet.api.errors import ApiError, api_error_handler, pii_key_error_handler
 from ticketfleet.api.guard import Guard, parse_json
 from ticketfleet.api.metrics import ApiMetrics, MetricsMiddleware
 from ticketfleet.api.schemas import HookReply, IngestReply, TicketView
 from ticketfleet.api.service import ApiService
+from ticketfleet.pii.vault import PiiKeyError
 from ticketfleet.settings import Settings, get_settings
 
 VENDORS = ("zendesk", "zammad")
@@ -29,6 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
     )
     app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(PiiKeyError, pii_key_error_handler)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.service = service
     app.state.metrics = metrics

@@ -36,3 +36,11 @@ def unauthenticated(message: str, **extra: Any) -> ApiError:
 async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def pii_key_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """Without the vault key nothing can be stored redacted: refuse loudly, keep nothing, let the sender
+    retry (503) once the operator has set TICKETFLEET_PII_KEY."""
+    return JSONResponse(
+        {"error": "pii_key_unavailable", "message": str(exc)}, status_code=503, headers={"Retry-After": "60"}
+    )
