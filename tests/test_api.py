@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db.audit import AuditTrail
-from db.models import ItemState, Message, Ticket, WorkItem
+from db.models import AuditEvent, ItemState, Message, Ticket, WorkItem
 from db.results import Review, RunIdentity, store_outputs
 from db.session import transaction
 from tests.support.api_server import ApiServer
@@ -357,7 +357,43 @@ def test_read_endpoint_shows_result_and_draft(client: httpx.Client, clean_db: st
         "text": "Sorry about the delay, the parcel is on its way.",
         "language": "en",
         "created_at": message["draft"]["created_at"],
+        "rehydrated": False,
     }
+
+
+def test_agent_view_rehydrates_the_draft_and_audits_the_reveal(client: httpx.Client, clean_db: str) -> None:
+    body = chat(text="Paket fehlt, bitte an lena.vogel@example.de schreiben")
+    item_id = client.post("/v1/chat", content=body, headers=signed(body)).json()["work_item_ids"][0]
+    with transaction(clean_db) as s:
+        stored = s.execute(select(Message.body)).scalar_one()
+        placeholder = stored.rsplit(" ", 2)[-2]
+        assert placeholder.startswith("<EMAIL_") and "lena.vogel" not in stored
+        audit = AuditTrail("test")
+        output = EngineOutput(
+            item_id=item_id,
+            triage=Triage(
+                language=FieldPrediction(value="de", confidence=0.97),
+                sentiment=FieldPrediction(value="negative", confidence=0.7),
+                intent=FieldPrediction(value="shipping", confidence=0.9),
+                priority=FieldPrediction(value="normal", confidence=0.6),
+            ),
+            draft=f"Wir schreiben Ihnen an {placeholder}.",
+            draft_language="de",
+        )
+        review = Review(gates={}, needs_review=False, draft_check="passed")
+        store_outputs(
+            s, [output], RunIdentity("test-model", "main", "v1"), audit=audit, reviews={item_id: review}
+        )
+        audit.write(s)
+    plain = client.get("/v1/tickets/shop/conv-1", headers=bearer()).json()["messages"][0]["draft"]
+    assert plain["text"] == f"Wir schreiben Ihnen an {placeholder}." and plain["rehydrated"] is False
+    agent = client.get("/v1/tickets/shop/conv-1?rehydrate=true", headers=bearer()).json()["messages"][0]
+    assert agent["draft"]["text"] == "Wir schreiben Ihnen an lena.vogel@example.de."
+    assert agent["draft"]["rehydrated"] is True
+    with transaction(clean_db) as s:
+        reveals = s.execute(select(AuditEvent).where(AuditEvent.event_type == "pii.revealed")).scalars().all()
+    assert len(reveals) == 1 and reveals[0].actor == "api:shop"
+    assert "lena" not in json.dumps(reveals[0].data)
 
 
 def test_read_endpoint_needs_credentials_and_knows_missing_tickets(client: httpx.Client) -> None:

@@ -54,10 +54,13 @@ def create_app(settings: Settings) -> FastAPI:
         return _reply("tickets", await run_in_threadpool(service.ingest_tickets, admitted.source, payload))
 
     @app.get("/v1/tickets/{source}/{external_id}", response_model=TicketView)
-    async def get_ticket(source: str, external_id: str, request: Request) -> TicketView:
-        """Latest triage result and draft per customer message. Drafts are for agents: never sent."""
+    async def get_ticket(
+        source: str, external_id: str, request: Request, rehydrate: bool = False
+    ) -> TicketView:
+        """Latest triage result and draft per customer message. Drafts are for agents: never sent.
+        ``?rehydrate=true`` is the agent view: drafts with the customer's data restored (audited)."""
         await guard.admit(request, source=source, json_body=False)
-        return await run_in_threadpool(service.ticket_view, source, external_id)
+        return await run_in_threadpool(service.ticket_view, source, external_id, rehydrate=rehydrate)
 
     @app.post("/v1/hooks/{vendor}/{source}", response_model=HookReply, status_code=202)
     async def vendor_hook(vendor: str, source: str, request: Request) -> JSONResponse:

@@ -123,6 +123,8 @@ class DraftView(BaseModel):
     status: str
     check_result: str
     text: str
+    # False: placeholders (<EMAIL_1>…) as stored; True: the agent view, originals from the PII vault.
+    rehydrated: bool = False
     language: str | None
     created_at: datetime
 

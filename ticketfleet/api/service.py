@@ -16,8 +16,10 @@ from pydantic import ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from db.audit import AuditTrail
 from db.ingest import IngestResult
 from db.models import Message, Source, Ticket
+from db.pii_vault import rehydrate as rehydrate_draft
 from db.session import get_engine, transaction
 from db.ticket_view import MessageRow, ticket_with_results
 from ticketfleet.api.errors import ApiError
@@ -190,11 +192,22 @@ class ApiService:
 
     # --- read -------------------------------------------------------------------------------------
 
-    def ticket_view(self, source: str, external_id: str) -> TicketView:
+    def ticket_view(self, source: str, external_id: str, *, rehydrate: bool = False) -> TicketView:
+        """The ticket as stored (redacted). ``rehydrate``: the agent view — drafts with the customer's
+        real data put back from the PII vault; each such reveal is an audit event."""
         with transaction(self.database_url) as session:
             rows = ticket_with_results(session, source, external_id)
             if rows is None:
                 raise ApiError(404, "not_found", f"no ticket {external_id!r} from source {source!r}")
+            messages = [_message_view(row) for row in rows.messages]
+            if rehydrate:
+                audit = AuditTrail(f"api:{source}")
+                for view, row in zip(messages, rows.messages, strict=True):
+                    if view.draft is not None and row.draft is not None:
+                        view.draft.text = rehydrate_draft(session, rows.ticket.id, row.draft.body)
+                        view.draft.rehydrated = True
+                        audit.add("pii.revealed", "draft", row.draft.id, data={"view": "api"})
+                audit.write(session)
             return TicketView(
                 source=source,
                 external_id=rows.ticket.external_id,
@@ -202,7 +215,7 @@ class ApiService:
                 subject=rows.ticket.subject,
                 locale=rows.ticket.locale,
                 country=rows.ticket.country,
-                messages=[_message_view(row) for row in rows.messages],
+                messages=messages,
             )
 
     # --- vendor hooks -----------------------------------------------------------------------------
