@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db.audit import AuditTrail
-from db.models import AuditEvent, ItemState, Message, Ticket, WorkItem
+from db.models import AuditEvent, Draft, ItemState, Message, Ticket, WorkItem
 from db.results import Review, RunIdentity, store_outputs
 from db.session import transaction
 from tests.support.api_server import ApiServer
@@ -394,6 +394,57 @@ def test_agent_view_rehydrates_the_draft_and_audits_the_reveal(client: httpx.Cli
         reveals = s.execute(select(AuditEvent).where(AuditEvent.event_type == "pii.revealed")).scalars().all()
     assert len(reveals) == 1 and reveals[0].actor == "api:shop"
     assert "lena" not in json.dumps(reveals[0].data)
+
+
+def test_agent_decides_a_draft_once_and_the_change_is_audited(client: httpx.Client, clean_db: str) -> None:
+    body = chat(text="Where is my parcel?")
+    item_id = client.post("/v1/chat", content=body, headers=signed(body)).json()["work_item_ids"][0]
+    with transaction(clean_db) as s:
+        audit = AuditTrail("test")
+        output = EngineOutput(
+            item_id=item_id,
+            triage=Triage(
+                language=FieldPrediction(value="en", confidence=0.97),
+                sentiment=FieldPrediction(value="neutral", confidence=0.7),
+                intent=FieldPrediction(value="shipping", confidence=0.9),
+                priority=FieldPrediction(value="normal", confidence=0.6),
+            ),
+            draft="It is on its way.",
+            draft_language="en",
+        )
+        review = Review(gates={}, needs_review=False, draft_check="passed")
+        store_outputs(
+            s, [output], RunIdentity("test-model", "main", "v1"), audit=audit, reviews={item_id: review}
+        )
+        audit.write(s)
+        draft_id = s.execute(select(Draft.id)).scalar_one()
+
+    def decide(status: str, draft: int = draft_id) -> httpx.Response:
+        payload = json.dumps({"status": status, "agent": "maria"}).encode()
+        return client.post(f"/v1/drafts/{draft}/status", content=payload, headers=signed(payload))
+
+    assert decide("sent").status_code == 422, "only accepted / edited / rejected"
+    assert decide("accepted", draft=draft_id + 999).status_code == 404
+    accepted = decide("accepted")
+    assert accepted.status_code == 200 and accepted.json() == {
+        "draft_id": draft_id,
+        "before": "proposed",
+        "after": "accepted",
+    }
+    again = decide("rejected")
+    assert again.status_code == 409 and "already accepted" in again.json()["message"]
+    with transaction(clean_db) as s:
+        assert s.execute(select(Draft.status)).scalar_one() == "accepted"
+        [event] = (
+            s.execute(
+                select(AuditEvent).where(
+                    AuditEvent.event_type == "draft.status_changed", AuditEvent.actor == "agent:maria"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert event.before == {"status": "proposed"} and event.after == {"status": "accepted"}
 
 
 def test_read_endpoint_needs_credentials_and_knows_missing_tickets(client: httpx.Client) -> None:

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from ticketfleet.api.errors import ApiError, api_error_handler, pii_key_error_handler
 from ticketfleet.api.guard import Guard, parse_json
 from ticketfleet.api.metrics import ApiMetrics, MetricsMiddleware
-from ticketfleet.api.schemas import HookReply, IngestReply, TicketView
+from ticketfleet.api.schemas import DraftDecisionReply, HookReply, IngestReply, TicketView
 from ticketfleet.api.service import ApiService
 from ticketfleet.pii.vault import PiiKeyError
 from ticketfleet.settings import Settings, get_settings
@@ -61,6 +61,13 @@ def create_app(settings: Settings) -> FastAPI:
         ``?rehydrate=true`` is the agent view: drafts with the customer's data restored (audited)."""
         await guard.admit(request, source=source, json_body=False)
         return await run_in_threadpool(service.ticket_view, source, external_id, rehydrate=rehydrate)
+
+    @app.post("/v1/drafts/{draft_id}/status", response_model=DraftDecisionReply)
+    async def decide_draft(draft_id: int, request: Request) -> DraftDecisionReply:
+        """An agent accepted, edited or rejected a proposed draft (`{"status", "agent"}`); audited."""
+        admitted = await guard.admit(request)
+        payload = parse_json(admitted.body)
+        return await run_in_threadpool(service.decide_draft, admitted.source, draft_id, payload)
 
     @app.post("/v1/hooks/{vendor}/{source}", response_model=HookReply, status_code=202)
     async def vendor_hook(vendor: str, source: str, request: Request) -> JSONResponse:

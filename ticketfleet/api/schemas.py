@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -99,6 +99,22 @@ class IngestReply(BaseModel):
         if self.rejected:
             return 207 if self.stored else 422
         return 202 if self.new_messages else 200
+
+
+class DraftDecisionIn(BaseModel):
+    """An agent's decision on a proposed draft. The agent's final text is not sent here: it may carry
+    personal data, and the ticket system already has it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["accepted", "edited", "rejected"]
+    agent: str = Field(min_length=1, max_length=200, description="the agent's login, recorded as actor")
+
+
+class DraftDecisionReply(BaseModel):
+    draft_id: int
+    before: str
+    after: str
 
 
 class HookReply(BaseModel):

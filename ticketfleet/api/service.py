@@ -13,18 +13,20 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from db.audit import AuditTrail
+from db.audit import AuditTrail, record_draft_status
 from db.ingest import IngestResult
-from db.models import Message, Source, Ticket
+from db.models import Draft, DraftStatus, Message, Source, Ticket
 from db.pii_vault import rehydrate as rehydrate_draft
 from db.session import get_engine, transaction
 from db.ticket_view import MessageRow, ticket_with_results
 from ticketfleet.api.errors import ApiError
 from ticketfleet.api.schemas import (
     ChatMessageIn,
+    DraftDecisionIn,
+    DraftDecisionReply,
     DraftView,
     FieldError,
     HookReply,
@@ -217,6 +219,35 @@ class ApiService:
                 country=rows.ticket.country,
                 messages=messages,
             )
+
+    def decide_draft(self, source: str, draft_id: int, payload: Any) -> DraftDecisionReply:
+        """An agent accepted, edited or rejected a proposed draft: the status moves, audited with the
+        agent as actor. Only a ``proposed`` draft can be decided; deciding it again is a 409."""
+        try:
+            decision = DraftDecisionIn.model_validate(payload)
+        except ValidationError as exc:
+            raise _invalid(field_errors(exc)) from exc
+        with transaction(self.database_url) as session:
+            row = session.execute(
+                select(Draft)
+                .join(Message, Message.id == Draft.message_id)
+                .join(Ticket, Ticket.id == Message.ticket_id)
+                .join(Source, Source.id == Ticket.source_id)
+                .where(Draft.id == draft_id, Source.name == source)
+                .with_for_update(of=Draft)
+            ).scalar_one_or_none()
+            if row is None:
+                raise ApiError(404, "not_found", f"no draft {draft_id} on a ticket from source {source!r}")
+            before = str(row.status)
+            if before != DraftStatus.proposed:
+                raise ApiError(409, "already_decided", f"draft {draft_id} is already {before}")
+            row.status = DraftStatus(decision.status)
+            row.updated_at = func.now()
+            audit = AuditTrail(f"agent:{decision.agent}")
+            record_draft_status(audit, row.id, before, decision.status, via=f"api:{source}")
+            session.flush()
+            audit.write(session)
+        return DraftDecisionReply(draft_id=draft_id, before=before, after=decision.status)
 
     # --- vendor hooks -----------------------------------------------------------------------------
 
