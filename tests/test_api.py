@@ -96,6 +96,31 @@ def chat(
     ).encode()
 
 
+def store_result(
+    url: str, item_id: int, *, draft: str, language: str = "en", gates: dict | None = None
+) -> int:
+    """A triage result and a passed draft for ``item_id``, as a worker would store them; the draft id."""
+    output = EngineOutput(
+        item_id=item_id,
+        triage=Triage(
+            language=FieldPrediction(value=language, confidence=0.97),
+            sentiment=FieldPrediction(value="negative", confidence=0.7),
+            intent=FieldPrediction(value="shipping", confidence=0.9),
+            priority=FieldPrediction(value="normal", confidence=0.6),
+        ),
+        draft=draft,
+        draft_language=language,
+    )
+    with transaction(url) as s:
+        audit = AuditTrail("test")
+        review = Review(gates=gates or {}, needs_review=False, draft_check="passed")
+        store_outputs(
+            s, [output], RunIdentity("test-model", "main", "v1"), audit=audit, reviews={item_id: review}
+        )
+        audit.write(s)
+        return int(s.execute(select(Draft.id).where(Draft.body == draft)).scalar_one())
+
+
 def counts(url: str) -> tuple[int, int, int]:
     with transaction(url) as s:
         return (
@@ -318,28 +343,8 @@ def test_read_endpoint_shows_result_and_draft(client: httpx.Client, clean_db: st
     assert pending.status_code == 200
     assert pending.json()["messages"][0]["result"] is None
     item_id = stored["work_item_ids"][0]
-    output = EngineOutput(
-        item_id=item_id,
-        triage=Triage(
-            language=FieldPrediction(value="en", confidence=0.97),
-            sentiment=FieldPrediction(value="negative", confidence=0.7),
-            intent=FieldPrediction(value="shipping", confidence=0.9),
-            priority=FieldPrediction(value="normal", confidence=0.6),
-        ),
-        draft="Sorry about the delay, the parcel is on its way.",
-        draft_language="en",
-    )
     gates = {"intent": {"gate": "auto", "review_below": 0.4, "auto_at": 0.8}}
-    with transaction(clean_db) as s:
-        audit = AuditTrail("test")
-        store_outputs(
-            s,
-            [output],
-            RunIdentity("test-model", "main", "v1"),
-            audit=audit,
-            reviews={item_id: Review(gates=gates, needs_review=False, draft_check="passed")},
-        )
-        audit.write(s)
+    store_result(clean_db, item_id, draft="Sorry about the delay, the parcel is on its way.", gates=gates)
     response = client.get("/v1/tickets/shop/conv-1", headers=bearer())
     assert response.status_code == 200
     [message] = response.json()["messages"]
@@ -368,23 +373,7 @@ def test_agent_view_rehydrates_the_draft_and_audits_the_reveal(client: httpx.Cli
         stored = s.execute(select(Message.body)).scalar_one()
         placeholder = stored.rsplit(" ", 2)[-2]
         assert placeholder.startswith("<EMAIL_") and "lena.vogel" not in stored
-        audit = AuditTrail("test")
-        output = EngineOutput(
-            item_id=item_id,
-            triage=Triage(
-                language=FieldPrediction(value="de", confidence=0.97),
-                sentiment=FieldPrediction(value="negative", confidence=0.7),
-                intent=FieldPrediction(value="shipping", confidence=0.9),
-                priority=FieldPrediction(value="normal", confidence=0.6),
-            ),
-            draft=f"Wir schreiben Ihnen an {placeholder}.",
-            draft_language="de",
-        )
-        review = Review(gates={}, needs_review=False, draft_check="passed")
-        store_outputs(
-            s, [output], RunIdentity("test-model", "main", "v1"), audit=audit, reviews={item_id: review}
-        )
-        audit.write(s)
+    store_result(clean_db, item_id, draft=f"Wir schreiben Ihnen an {placeholder}.", language="de")
     plain = client.get("/v1/tickets/shop/conv-1", headers=bearer()).json()["messages"][0]["draft"]
     assert plain["text"] == f"Wir schreiben Ihnen an {placeholder}." and plain["rehydrated"] is False
     agent = client.get("/v1/tickets/shop/conv-1?rehydrate=true", headers=bearer()).json()["messages"][0]
@@ -399,25 +388,7 @@ def test_agent_view_rehydrates_the_draft_and_audits_the_reveal(client: httpx.Cli
 def test_agent_decides_a_draft_once_and_the_change_is_audited(client: httpx.Client, clean_db: str) -> None:
     body = chat(text="Where is my parcel?")
     item_id = client.post("/v1/chat", content=body, headers=signed(body)).json()["work_item_ids"][0]
-    with transaction(clean_db) as s:
-        audit = AuditTrail("test")
-        output = EngineOutput(
-            item_id=item_id,
-            triage=Triage(
-                language=FieldPrediction(value="en", confidence=0.97),
-                sentiment=FieldPrediction(value="neutral", confidence=0.7),
-                intent=FieldPrediction(value="shipping", confidence=0.9),
-                priority=FieldPrediction(value="normal", confidence=0.6),
-            ),
-            draft="It is on its way.",
-            draft_language="en",
-        )
-        review = Review(gates={}, needs_review=False, draft_check="passed")
-        store_outputs(
-            s, [output], RunIdentity("test-model", "main", "v1"), audit=audit, reviews={item_id: review}
-        )
-        audit.write(s)
-        draft_id = s.execute(select(Draft.id)).scalar_one()
+    draft_id = store_result(clean_db, item_id, draft="It is on its way.")
 
     def decide(status: str, draft: int = draft_id) -> httpx.Response:
         payload = json.dumps({"status": status, "agent": "maria"}).encode()

@@ -7,7 +7,6 @@ recovery paths run in seconds; the code paths are the production ones.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from sqlalchemy import func, select
 from db.models import AuditEvent, Draft, ItemState, TriageResult, WorkItem
 from db.session import transaction
 from tests.support.engines import POISON_MARKER
-from tests.support.fleet import REPO_ROOT, Fleet, states, wait_until
+from tests.support.fleet import Fleet, states, wait_until, worker_env
 from ticketfleet.importing import import_file
 from ticketfleet.services import redis_client
 from ticketfleet.settings import Settings
@@ -34,24 +33,18 @@ TEXTS = [
 
 @pytest.fixture
 def fleet(clean_db: str, flushed_redis: str, settings: Settings, tmp_path: Path) -> Iterator[Fleet]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "OMP_NUM_THREADS": "1",
-        "TICKETFLEET_DATABASE_URL": clean_db,
-        "TICKETFLEET_REDIS_URL": flushed_redis,
-        "TICKETFLEET_MODEL": settings.model,
-        "TICKETFLEET_ENGINE_FACTORY": "tests.support.engines:make",
-        "TICKETFLEET_BATCH_SIZE": "4",
-        "TICKETFLEET_MAX_WAIT_MS": "20",
-        "TICKETFLEET_MAX_NEW_TOKENS": "4",
-        "TICKETFLEET_LEASE_SECONDS": "4",
-        "TICKETFLEET_STUCK_AFTER_SECONDS": "2",
-        "TICKETFLEET_REAPER_INTERVAL_SECONDS": "1",
-        "TICKETFLEET_MAX_ATTEMPTS": "3",
-        "TICKETFLEET_RETRY_BACKOFF_S": "0.2",
-        "TICKETFLEET_DATA_DIR": str(tmp_path / "data"),
-    }
+    env = worker_env(
+        clean_db,
+        flushed_redis,
+        settings.model,
+        tmp_path / "data",
+        ENGINE_FACTORY="tests.support.engines:make",
+        MAX_NEW_TOKENS="4",
+        LEASE_SECONDS="4",
+        STUCK_AFTER_SECONDS="2",
+        MAX_ATTEMPTS="3",
+        RETRY_BACKOFF_S="0.2",
+    )
     handle = Fleet(env=env, log_dir=tmp_path)
     yield handle
     handle.stop_all()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from db.session import get_engine
-from tests.support.fleet import REPO_ROOT, Fleet, states, wait_until
+from tests.support.fleet import Fleet, states, wait_until, worker_env
 from ticketfleet.importing import import_file
 from ticketfleet.services import redis_client
 from ticketfleet.settings import Settings
@@ -162,19 +161,7 @@ def _dump_redis(url: str) -> str:
 
 @pytest.fixture
 def fleet(clean_db: str, flushed_redis: str, settings: Settings, tmp_path: Path) -> Iterator[Fleet]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "OMP_NUM_THREADS": "1",
-        "TICKETFLEET_DATABASE_URL": clean_db,
-        "TICKETFLEET_REDIS_URL": flushed_redis,
-        "TICKETFLEET_MODEL": settings.model,
-        "TICKETFLEET_BATCH_SIZE": "4",
-        "TICKETFLEET_MAX_WAIT_MS": "20",
-        "TICKETFLEET_MAX_NEW_TOKENS": "8",
-        "TICKETFLEET_REAPER_INTERVAL_SECONDS": "1",
-        "TICKETFLEET_DATA_DIR": str(tmp_path / "data"),
-    }
+    env = worker_env(clean_db, flushed_redis, settings.model, tmp_path / "data", MAX_NEW_TOKENS="8")
     handle = Fleet(env=env, log_dir=tmp_path)
     yield handle
     handle.stop_all()

@@ -82,6 +82,26 @@ class Fleet:
             worker.stop()
 
 
+def worker_env(
+    database_url: str, redis_url: str, model: str, data_dir: Path, **overrides: str
+) -> dict[str, str]:
+    """The environment of test workers: one thread, small batches, a quick reaper; ``overrides`` are
+    further TICKETFLEET_ settings without the prefix (``MAX_NEW_TOKENS="4"``)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TICKETFLEET_DATABASE_URL": database_url,
+        "TICKETFLEET_REDIS_URL": redis_url,
+        "TICKETFLEET_MODEL": model,
+        "TICKETFLEET_BATCH_SIZE": "4",
+        "TICKETFLEET_MAX_WAIT_MS": "20",
+        "TICKETFLEET_REAPER_INTERVAL_SECONDS": "1",
+        "TICKETFLEET_DATA_DIR": str(data_dir),
+        **{f"TICKETFLEET_{name}": value for name, value in overrides.items()},
+    }
+
+
 def states(database_url: str) -> dict[str, int]:
     with transaction(database_url) as session:
         rows = session.execute(select(WorkItem.state, func.count()).group_by(WorkItem.state)).all()
