@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from db.bulk import table_of, unnest_select
 from db.models import AuditEvent
 
 Payload = Mapping[str, Any]
@@ -36,6 +37,9 @@ ITEM_BACKLOG = "item.backlog_requeued"  # backlog run: → pending on the backlo
 TRIAGE_DECIDED = "triage.decided"  # model decision: fields, confidences, gates, model + prompt version
 DRAFT_STATUS = "draft.status_changed"  # none → proposed at creation; proposed → accepted|edited|rejected
 # Write-backs (ticketfleet/writeback.py): "writeback.done" / "writeback.failed", pending → done|failed.
+
+
+_EVENT_COLUMNS = ("actor", "event_type", "entity_type", "entity_id", "data", "before", "after")
 
 
 @dataclass
@@ -90,7 +94,13 @@ class AuditTrail:
         how many. The trail is empty afterwards."""
         rows, self.rows = self.rows, []
         if rows:
-            session.execute(insert(AuditEvent), rows)
+            # One INSERT … SELECT FROM unnest(arrays) (db/bulk.py): a short statement PostgreSQL can
+            # reuse, and the chaining trigger's once-per-statement step runs once per trail.
+            events_table = table_of(AuditEvent)
+            columns = [events_table.c[k] for k in _EVENT_COLUMNS]
+            session.execute(
+                insert(events_table).from_select(list(_EVENT_COLUMNS), unnest_select(columns, rows))
+            )
         return len(rows)
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import BigInteger, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from db.bulk import any_of, table_of, unnest_rows, unnest_select
 from db.models import Message, Source, Ticket
 from db.pii_vault import ThreadVault, load_threads, store_entries
 from ticketfleet.inbound import InboundTicket
@@ -117,18 +117,21 @@ def ingest_tickets(
         }
         for (source, ext_id), t in by_key.items()
     ]
-    # executemany (SQLAlchemy's "insertmanyvalues") rather than .values(rows): the statement is
-    # compiled once and cached, where a 500-row VALUES list was compiled anew for every chunk.
-    base_insert = insert(Ticket)
+    # INSERT … SELECT FROM unnest(arrays): one short statement whatever the chunk size (db/bulk.py).
+    ticket_table = table_of(Ticket)
+    ticket_cols = [ticket_table.c[k] for k in ("source_id", "external_id", "channel", "locale", "country")]
+    base_insert = insert(ticket_table).from_select(
+        [c.key for c in ticket_cols], unnest_select(ticket_cols, rows)
+    )
     upsert = base_insert.on_conflict_do_update(
         constraint="uq_tickets_source_external",
         set_={
-            "locale": func.coalesce(base_insert.excluded.locale, Ticket.locale),
-            "country": func.coalesce(base_insert.excluded.country, Ticket.country),
+            "locale": func.coalesce(base_insert.excluded.locale, ticket_table.c.locale),
+            "country": func.coalesce(base_insert.excluded.country, ticket_table.c.country),
             "updated_at": func.now(),
         },
-    ).returning(Ticket.id, Ticket.source_id, Ticket.external_id)
-    ticket_ids = {(sid, ext): tid for tid, sid, ext in session.connection().execute(upsert, rows)}
+    ).returning(ticket_table.c.id, ticket_table.c.source_id, ticket_table.c.external_id)
+    ticket_ids = {(sid, ext): tid for tid, sid, ext in session.execute(upsert)}
     result.tickets_seen = len(ticket_ids)
 
     vaults = load_threads(session, cipher, ticket_ids.values())
@@ -142,27 +145,39 @@ def ingest_tickets(
         {tid: r.new_originals for tid, r in redacted.items()},
         timedelta(days=settings.pii_retention_days),
     )
-    tickets_table = cast(Table, Ticket.__table__)
-    session.execute(
-        update(tickets_table)
-        .where(tickets_table.c.id == bindparam("b_id"))
-        .values(
-            subject=func.coalesce(bindparam("b_subject"), tickets_table.c.subject),
-            # The first requester seen stays (as before redaction: later duplicates do not rename it).
-            requester_name=func.coalesce(tickets_table.c.requester_name, bindparam("b_name")),
-            requester_email=func.coalesce(tickets_table.c.requester_email, bindparam("b_email")),
-        ),
+    redacted_rows = unnest_rows(
         [
-            {"b_id": tid, "b_subject": r.subject, "b_name": r.requester_name, "b_email": r.requester_email}
+            ticket_table.c.id,
+            ticket_table.c.subject,
+            ticket_table.c.requester_name,
+            ticket_table.c.requester_email,
+        ],
+        [
+            {
+                "id": tid,
+                "subject": r.subject,
+                "requester_name": r.requester_name,
+                "requester_email": r.requester_email,
+            }
             for tid, r in redacted.items()
         ],
+    )
+    session.execute(
+        update(ticket_table)
+        .where(ticket_table.c.id == redacted_rows.c.id)
+        .values(
+            subject=func.coalesce(redacted_rows.c.subject, ticket_table.c.subject),
+            # The first requester seen stays (as before redaction: later duplicates do not rename it).
+            requester_name=func.coalesce(ticket_table.c.requester_name, redacted_rows.c.requester_name),
+            requester_email=func.coalesce(ticket_table.c.requester_email, redacted_rows.c.requester_email),
+        )
     )
 
     # Positions continue after what is stored, so a follow-up appended to a known thread sorts last.
     next_position = dict(
         session.execute(
             select(Message.ticket_id, func.max(Message.position) + 1)
-            .where(Message.ticket_id.in_(ticket_ids.values()))
+            .where(any_of(Message.ticket_id, ticket_ids.values(), BigInteger()))
             .group_by(Message.ticket_id)
         ).all()
     )
@@ -174,31 +189,36 @@ def ingest_tickets(
         for offset, (msg, msg_ext_id, body) in enumerate(
             zip(t.messages, t.message_ids(), bodies, strict=True)
         ):
-            row = {
-                "ticket_id": ticket_id,
-                "external_id": msg_ext_id,
-                "position": base + offset,
-                "author_role": msg.role,
-                "channel": t.channel,
-                "body": body,
-            }
-            if msg.created_at is not None:
-                row["created_at"] = msg.created_at
-            message_rows.append(row)
-    # Rows with and without created_at must go in separate statements (executemany needs equal keys).
-    for subset in (
-        [r for r in message_rows if "created_at" in r],
-        [r for r in message_rows if "created_at" not in r],
-    ):
-        if not subset:
-            continue
-        stmt = (
-            insert(Message)
-            .on_conflict_do_nothing(constraint="uq_messages_ticket_external")
-            .returning(Message.id, Message.author_role)
-        )
-        for message_id, role in session.connection().execute(stmt, subset):
-            result.new_message_ids.append(int(message_id))
-            if role == "customer":
-                result.new_customer_message_ids.append(int(message_id))
+            message_rows.append(
+                {
+                    "ticket_id": ticket_id,
+                    "external_id": msg_ext_id,
+                    "position": base + offset,
+                    "author_role": msg.role,
+                    "channel": t.channel,
+                    "body": body,
+                    "created_at": msg.created_at,
+                }
+            )
+    message_table = table_of(Message)
+    message_cols = [
+        message_table.c[k]
+        for k in ("ticket_id", "external_id", "position", "author_role", "channel", "body", "created_at")
+    ]
+    relation = unnest_rows(message_cols, message_rows)
+    # A message without a time of its own is stamped now (the column's default, which an explicit NULL
+    # would not get).
+    chosen = [relation.c[c.key] for c in message_cols[:-1]] + [
+        func.coalesce(relation.c.created_at, func.now())
+    ]
+    stmt = (
+        insert(message_table)
+        .from_select([c.key for c in message_cols], select(*chosen))
+        .on_conflict_do_nothing(constraint="uq_messages_ticket_external")
+        .returning(message_table.c.id, message_table.c.author_role)
+    )
+    for message_id, role in session.execute(stmt):
+        result.new_message_ids.append(int(message_id))
+        if role == "customer":
+            result.new_customer_message_ids.append(int(message_id))
     return result

@@ -11,10 +11,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from db.bulk import any_of, table_of, unnest_rows
 from db.models import PiiVaultEntry
 from ticketfleet.pii.redactor import rehydrate_text
 from ticketfleet.pii.vault import VaultCipher
@@ -41,7 +42,7 @@ def load_threads(session: Session, cipher: VaultCipher, ticket_ids: Iterable[int
             PiiVaultEntry.key_id,
             PiiVaultEntry.nonce,
             PiiVaultEntry.ciphertext,
-        ).where(PiiVaultEntry.ticket_id.in_(ids))
+        ).where(any_of(PiiVaultEntry.ticket_id, ids, BigInteger()))
     )
     for ticket_id, placeholder, key_id, nonce, ciphertext in rows:
         thread = threads[ticket_id]
@@ -70,19 +71,20 @@ def store_entries(
                     "key_id": cipher.key_id,
                     "nonce": nonce,
                     "ciphertext": ciphertext,
-                    "purge_after": func.now() + retention,
                 }
             )
+    vault = table_of(PiiVaultEntry)
     if rows:
+        sealed = unnest_rows([vault.c[k] for k in rows[0]], rows)
         session.execute(
-            insert(PiiVaultEntry)
-            .values(rows)
+            insert(vault)
+            .from_select([*rows[0], "purge_after"], select(*sealed.c, func.now() + retention))
             .on_conflict_do_nothing(constraint="uq_pii_vault_ticket_placeholder")
         )
     if entries:
         session.execute(
-            update(PiiVaultEntry)
-            .where(PiiVaultEntry.ticket_id.in_(list(entries)), PiiVaultEntry.purged_at.is_(None))
+            update(vault)
+            .where(any_of(vault.c.ticket_id, entries, BigInteger()), vault.c.purged_at.is_(None))
             .values(purge_after=func.now() + retention)
         )
 

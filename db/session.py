@@ -9,6 +9,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[str, Engine] = {}
+_factories: dict[str, sessionmaker[Session]] = {}
 
 
 def normalise_url(url: str) -> str:
@@ -32,7 +33,12 @@ def get_engine(url: str) -> Engine:
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+    # One per URL: a sessionmaker defines a new Session subclass, which SQLAlchemy's event system sets
+    # up class by class (about a millisecond; the API opens two transactions per chat message).
+    url = normalise_url(url)
+    if url not in _factories:
+        _factories[url] = sessionmaker(get_engine(url), expire_on_commit=False)
+    return _factories[url]
 
 
 @contextmanager
@@ -47,3 +53,4 @@ def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose(close=False)
     _engines.clear()
+    _factories.clear()

@@ -11,12 +11,28 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Float, and_, case, cast, exists, func, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session, aliased
 
 from db import audit as events
 from db.audit import AuditTrail
+from db.bulk import any_of, table_of, unnest_select
 from db.models import ItemState, Message, TriageResult, WorkItem
 from db.results import RunIdentity
 
@@ -39,6 +55,19 @@ class ClaimedItem:
     token_estimate: int
 
 
+def _new_item_facts() -> Select[int, str, bool]:
+    """Per message id (bind ``message_ids``): its body, and whether it is its thread's newest."""
+    msg, later = aliased(Message), aliased(Message)
+    has_later = exists().where(later.ticket_id == msg.ticket_id, later.position > msg.position)
+    return select(msg.id, msg.body, ~has_later).where(
+        msg.id == any_(bindparam("message_ids", type_=ARRAY(BigInteger)))
+    )
+
+
+# Built once: aliased() constructs are costly to build, and ingest runs this for every batch.
+_NEW_ITEM_FACTS = _new_item_facts()
+
+
 def create_work_items(
     session: Session, message_ids: Sequence[int], lane: str, *, audit: AuditTrail
 ) -> list[int]:
@@ -52,9 +81,7 @@ def create_work_items(
     """
     if not message_ids:
         return []
-    msg, later = aliased(Message), aliased(Message)
-    has_later = exists().where(later.ticket_id == msg.ticket_id, later.position > msg.position)
-    rows = session.execute(select(msg.id, msg.body, ~has_later).where(msg.id.in_(message_ids))).all()
+    rows = session.execute(_NEW_ITEM_FACTS, {"message_ids": list(message_ids)}).all()
     values = [
         {
             "message_id": mid,
@@ -67,13 +94,15 @@ def create_work_items(
     ]
     if not values:
         return []
-    # executemany: compiled once and cached (a multi-row VALUES list is compiled anew every call).
+    items = table_of(WorkItem)
+    columns = [items.c[k] for k in values[0]]
     stmt = (
-        insert(WorkItem)
-        .on_conflict_do_nothing(index_elements=[WorkItem.message_id])
-        .returning(WorkItem.id, WorkItem.message_id)
+        insert(items)
+        .from_select([c.key for c in columns], unnest_select(columns, values))
+        .on_conflict_do_nothing(index_elements=[items.c.message_id])
+        .returning(items.c.id, items.c.message_id)
     )
-    created = session.connection().execute(stmt, values).all()
+    created = session.execute(stmt).all()
     for item_id, message_id in created:
         audit.state_change(
             events.ITEM_CREATED, item_id, None, ItemState.pending, lane=lane, message_id=message_id
@@ -87,7 +116,7 @@ def mark_queued(session: Session, item_ids: Iterable[int], *, audit: AuditTrail)
     if ids:
         queued = session.execute(
             update(WorkItem)
-            .where(WorkItem.id.in_(ids), WorkItem.state == ItemState.pending)
+            .where(any_of(WorkItem.id, ids, BigInteger()), WorkItem.state == ItemState.pending)
             .values(state=ItemState.queued, queued_at=func.now(), updated_at=func.now())
             .returning(WorkItem.id)
         ).scalars()

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, select
 from sqlalchemy.orm import Session
 
 from db.audit import AuditTrail
+from db.bulk import any_of
 from db.ingest import IngestResult, ingest_tickets
 from db.models import Channel, Message
 from db.session import transaction
@@ -101,7 +102,9 @@ def by_lane(session: Session, message_ids: list[int], choice: str) -> dict[str, 
     if choice != "live":
         return {choice: message_ids}
     lanes: dict[str, list[int]] = {}
-    rows = session.execute(select(Message.id, Message.channel).where(Message.id.in_(message_ids)))
+    rows = session.execute(
+        select(Message.id, Message.channel).where(any_of(Message.id, message_ids, BigInteger()))
+    )
     for message_id, channel in rows:
         lanes.setdefault("chat" if channel == Channel.chat else "tickets", []).append(message_id)
     return lanes
