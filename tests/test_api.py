@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -287,6 +288,53 @@ def test_redelivery_is_idempotent(client: httpx.Client, clean_db: str, flushed_r
         and third.json()["stored"][0]["ticket_id"] == first.json()["stored"][0]["ticket_id"]
     )
     assert counts(clean_db) == (1, 2, 2)
+
+
+def test_concurrent_chat_messages_each_get_their_own_reply(
+    client: httpx.Client, clean_db: str, flushed_redis: str
+) -> None:
+    """24 messages of 6 conversations at once: the API stores them in shared transactions
+    (api/coalesce.py), yet each reply names its own message and work item, nothing is lost, and
+    each conversation's messages keep distinct positions."""
+    posts = [(f"conv-{i % 6}", f"m-{i}") for i in range(24)]
+
+    def post(conversation_and_message: tuple[str, str]) -> httpx.Response:
+        conversation, message = conversation_and_message
+        body = chat(conversation=conversation, message=message, text=f"Wo ist Paket {message}?")
+        return client.post("/v1/chat", content=body, headers=signed(body))
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(post, posts))
+    assert [r.status_code for r in responses] == [202] * 24, [
+        r.text for r in responses if r.status_code != 202
+    ]
+    replies = [r.json() for r in responses]
+    with transaction(clean_db) as s:
+        stored = {
+            (conv, ext): (mid, pos, item)
+            for conv, ext, mid, pos, item in s.execute(
+                select(Ticket.external_id, Message.external_id, Message.id, Message.position, WorkItem.id)
+                .join(Message, Message.ticket_id == Ticket.id)
+                .join(WorkItem, WorkItem.message_id == Message.id)
+            )
+        }
+    assert sorted(stored) == sorted(posts)
+    for (conversation, message), reply in zip(posts, replies, strict=True):
+        [record] = reply["stored"]
+        message_id, _, item_id = stored[(conversation, message)]
+        assert record["external_id"] == conversation and record["index"] == 0
+        assert record["messages"] == [{"external_id": message, "message_id": message_id, "new": True}]
+        assert reply["new_messages"] == 1 and reply["known_messages"] == 0
+        assert reply["work_item_ids"] == [item_id] and reply["queued"] == 1
+    for conversation in {c for c, _ in posts}:
+        positions = sorted(pos for (c, _), (_, pos, _) in stored.items() if c == conversation)
+        assert positions == [0, 1, 2, 3]
+    woken = [
+        i
+        for m in queued_messages(flushed_redis, "chat")
+        for i in json.loads(base64.b64decode(m["body"]))[0][0]
+    ]
+    assert sorted(woken) == sorted(item for _, _, item in stored.values())
 
 
 def test_bulk_with_bad_records_stores_the_good_ones(

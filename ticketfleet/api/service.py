@@ -9,19 +9,22 @@ created in the same transaction, wake-ups (ids only) sent after the commit.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import func, select, text
+from sqlalchemy import BigInteger, String, func, select, text
 from sqlalchemy.orm import Session
 
 from db.audit import AuditTrail, record_draft_status
+from db.bulk import any_of
 from db.ingest import IngestResult
-from db.models import Draft, DraftStatus, Message, Source, Ticket
+from db.models import Draft, DraftStatus, Message, Source, Ticket, WorkItem
 from db.pii_vault import rehydrate as rehydrate_draft
 from db.session import get_engine, transaction
 from db.ticket_view import MessageRow, ticket_with_results
+from ticketfleet.api.coalesce import Coalescer
 from ticketfleet.api.errors import ApiError
 from ticketfleet.api.schemas import (
     ChatMessageIn,
@@ -39,8 +42,9 @@ from ticketfleet.api.schemas import (
     TicketView,
     field_errors,
 )
+from ticketfleet.dispatch import EnqueueError
 from ticketfleet.inbound import InboundTicket
-from ticketfleet.intake import store_and_queue
+from ticketfleet.intake import IntakeResult, store_and_queue
 from ticketfleet.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ class ApiService:
 
         configure(celery_app, settings, redis_url)
         self.celery = celery_app
+        self._coalescer = Coalescer(self._store_each)
 
     # --- ingest -----------------------------------------------------------------------------------
 
@@ -86,7 +91,7 @@ class ApiService:
         problem = self._record_problem(source, ticket)
         if problem:
             raise _invalid([problem])
-        return self._store(source, [(0, ticket)], [], lane="chat")
+        return self._store_single(source, ticket, lane="chat")
 
     def ingest_tickets(self, source: str, payload: Any) -> IngestReply:
         """One InboundTicket object, or a list of them (bulk: bad records are reported, good stored)."""
@@ -94,7 +99,7 @@ class ApiService:
             ticket, errors = self._validate_ticket(source, payload)
             if ticket is None:
                 raise _invalid(errors)
-            return self._store(source, [(0, ticket)], [], lane="live")
+            return self._store_single(source, ticket, lane="live")
         if not isinstance(payload, list):
             raise ApiError(
                 422, "invalid", f"expected a ticket object or a list of them, got {_json_type(payload)}"
@@ -173,8 +178,25 @@ class ApiService:
         def describe(session: Session, ingest: IngestResult) -> None:
             reply.stored = _stored_records(session, source, records, set(ingest.new_message_ids))
 
-        result = store_and_queue(
-            [ticket for _, ticket in records],
+        result = self._intake(source, [ticket for _, ticket in records], lane, describe)
+        reply.new_messages = len(result.ingest.new_message_ids)
+        reply.known_messages = sum(len(r.messages) for r in reply.stored) - reply.new_messages
+        reply.work_item_ids = [i for ids in result.work_items.values() for i in ids]
+        reply.queued = result.queued
+        reply.warnings = _enqueue_warnings(result.enqueue_errors)
+        return reply
+
+    def _intake(
+        self,
+        source: str,
+        tickets: Sequence[InboundTicket],
+        lane: str,
+        describe: Callable[[Session, IngestResult], None],
+    ) -> IntakeResult:
+        """Store and queue through the one intake path; ``describe`` reads what was stored, in the
+        same transaction."""
+        return store_and_queue(
+            tickets,
             settings=self.settings,
             database_url=self.database_url,
             source=source,
@@ -183,14 +205,46 @@ class ApiService:
             actor=f"api:{source}",
             inspect=describe,
         )
-        reply.new_messages = len(result.ingest.new_message_ids)
-        reply.known_messages = sum(len(r.messages) for r in reply.stored) - reply.new_messages
-        reply.work_item_ids = [i for ids in result.work_items.values() for i in ids]
-        reply.queued = result.queued
-        reply.warnings = [
-            f"{exc}; the items are stored and will be queued by the reaper" for exc in result.enqueue_errors
-        ]
-        return reply
+
+    def _store_single(self, source: str, ticket: InboundTicket, *, lane: str) -> IngestReply:
+        """One record, stored together with whatever other single records are arriving (coalesce.py)."""
+        return cast(IngestReply, self._coalescer.submit(source, lane, ticket))
+
+    def _store_each(self, source: str, lane: str, tickets: Sequence[InboundTicket]) -> list[IngestReply]:
+        """Several single-record requests in one transaction; one reply each, as if stored alone."""
+        records = list(enumerate(tickets))
+        stored: list[StoredRecord] = []
+        item_of: dict[int, tuple[int, str]] = {}  # message id → (work-item id, lane)
+
+        def describe(session: Session, ingest: IngestResult) -> None:
+            stored.extend(_stored_records(session, source, records, set(ingest.new_message_ids)))
+            rows = session.execute(
+                select(WorkItem.message_id, WorkItem.id, WorkItem.lane).where(
+                    any_of(WorkItem.message_id, ingest.new_customer_message_ids, BigInteger())
+                )
+            )
+            item_of.update({message_id: (item_id, item_lane) for message_id, item_id, item_lane in rows})
+
+        result = self._intake(source, tickets, lane, describe)
+        unsent = {exc.lane for exc in result.enqueue_errors}
+        replies = []
+        for record in stored:
+            items = [item_of[m.message_id] for m in record.messages if m.message_id in item_of]
+            new = sum(m.new for m in record.messages)
+            replies.append(
+                IngestReply(
+                    source=source,
+                    stored=[record.model_copy(update={"index": 0})],
+                    new_messages=new,
+                    known_messages=len(record.messages) - new,
+                    work_item_ids=[item_id for item_id, _ in items],
+                    queued=sum(item_lane not in unsent for _, item_lane in items),
+                    warnings=_enqueue_warnings(
+                        [e for e in result.enqueue_errors if e.lane in {la for _, la in items}]
+                    ),
+                )
+            )
+        return replies
 
     # --- read -------------------------------------------------------------------------------------
 
@@ -288,6 +342,10 @@ class ApiService:
         return checks
 
 
+def _enqueue_warnings(errors: Sequence[EnqueueError]) -> list[str]:
+    return [f"{exc}; the items are stored and will be queued by the reaper" for exc in errors]
+
+
 def _stored_records(
     session: Session, source: str, records: list[tuple[int, InboundTicket]], new_ids: set[int]
 ) -> list[StoredRecord]:
@@ -297,7 +355,7 @@ def _stored_records(
         select(Ticket.id, Ticket.external_id, Message.id, Message.external_id)
         .join(Source, Source.id == Ticket.source_id)
         .join(Message, Message.ticket_id == Ticket.id)
-        .where(Source.name == source, Ticket.external_id.in_(external_ids))
+        .where(Source.name == source, any_of(Ticket.external_id, external_ids, String()))
     ).all()
     tickets: dict[str, int] = {}
     messages: dict[tuple[str, str], int] = {}
