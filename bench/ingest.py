@@ -1,13 +1,15 @@
 """Ingest throughput, connector → queued: the webhook API vs the JSONL import, same items, one run.
 
-    python bench/ingest.py [--items 20000] [--chat 1000] [--bulk-size 500] [--concurrency 8]
+    python bench/ingest.py [--items 20000] [--chat 500] [--bulk-size 500] [--concurrency 8]
+                           [--chat-concurrency 32] [--server-workers 1]
 
 Generates ``--items`` single-message tickets (the first ``--chat`` of them chat conversations) and
 pushes them, into two fresh databases, through
 
 (a) the webhook path: a real ``ticketfleet serve`` (uvicorn) process on 127.0.0.1; an httpx client
     posts the tickets as signed bulk batches to ``POST /v1/tickets`` and the chat messages one by one
-    to ``POST /v1/chat``, ``--concurrency`` requests in flight. Every 2xx answer means stored, work
+    to ``POST /v1/chat`` (``--concurrency`` bulk / ``--chat-concurrency`` chat requests in flight; the
+    API stores concurrent chat messages together, api/coalesce.py). Every 2xx answer means stored, work
     items created and wake-ups on the Redis lanes (the API answers after sending them);
 (b) the file path: the same items as a JSONL file through ``ticketfleet.importing.import_file`` with
     ``lane="live"`` (chat → chat lane, tickets → tickets lane).
@@ -209,7 +211,7 @@ def webhook_path(
         cpu0 = cpu_seconds(server.pid)
         bulk_s = asyncio.run(post_all(base, [("/v1/tickets", b) for b in batches], args.concurrency))
         cpu1 = cpu_seconds(server.pid)
-        chat_s = asyncio.run(post_all(base, [("/v1/chat", b) for b in chats], args.concurrency))
+        chat_s = asyncio.run(post_all(base, [("/v1/chat", b) for b in chats], args.chat_concurrency))
         cpu2 = cpu_seconds(server.pid)
     finally:
         server.terminate()
@@ -245,7 +247,13 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--chat", type=int, default=500, help="how many of the items are chat messages")
     parser.add_argument("--bulk-size", type=int, default=500, help="tickets per POST /v1/tickets")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument("--concurrency", type=int, default=8, help="bulk requests in flight")
+    parser.add_argument(
+        "--chat-concurrency",
+        type=int,
+        default=32,
+        help="chat requests in flight (a chat platform posts each message as it is sent, many at once)",
+    )
     parser.add_argument("--server-workers", type=int, default=1, help="uvicorn worker processes")
     args = parser.parse_args()
     if not 0 <= args.chat <= args.items:
@@ -286,8 +294,8 @@ def main() -> None:
     )
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"concurrency {args.concurrency}, server workers {args.server_workers}, "
-        f"{os.cpu_count()} CPUs, load average {load}"
+        f"concurrency {args.concurrency} (chat {args.chat_concurrency}), "
+        f"server workers {args.server_workers}, {os.cpu_count()} CPUs, load average {load}"
     )
     # items per CPU-second of the producing process (server / importer; PostgreSQL and Redis not
     # counted): what one free core would do, apart from how busy the machine was.
