@@ -5,11 +5,12 @@ position, so every row's prompt must end at the same column; right padding would
 continue after a run of pad tokens.
 
 ``generate_drafts`` runs its own greedy loop rather than ``model.generate``: prompts are prefilled on
-top of their shared prefixes (the draft system prompt of each reply language, see
-``scoring.SharedPrefixes``) in batches of similar length, then decoded together from one preallocated
-KV cache, with finished rows dropped and the loop ending once every row has stopped. It produces the
-tokens ``model.generate`` would (greedy, the checkpoint's repetition penalty honoured) and falls back
-to it for models or generation settings it does not cover.
+top of their shared prefixes (the system prompt, see ``scoring.SharedPrefixes``) in batches of similar
+length, then decoded together from one preallocated KV cache, with finished rows dropped and the loop
+ending once every row has stopped. It produces the tokens ``model.generate`` would (greedy, the
+checkpoint's repetition penalty honoured) and falls back to it for models or generation settings it
+does not cover (``fast_decoding``). ``decode_drafts`` runs the same loop from prompts the triage pass
+has already run (``scoring.score_fields_and_continue``).
 """
 
 from __future__ import annotations

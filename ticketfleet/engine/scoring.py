@@ -14,10 +14,13 @@ Two things keep this fast on a CPU:
   more pass on top of its KV cache, packed as a token trie under a tree-shaped attention mask.
   ``share_prompt=False`` runs every prompt + continuation as its own full sequence instead: slower,
   but the plain reference the tests compare against (both paths give the same scores).
-* Prefixes that several prompts share (the system prompt, then the instructions of each channel) are
-  run once (``build_prefix_tree``, ``SharedPrefixes``) and kept across calls (``PrefixCache``); each
-  prompt's own remainder runs on top of them, in batches of similar length so that little padding is
-  computed. Drafting (drafting.py) prefills its prompts the same way.
+* Prefixes that several prompts share (the system prompt) are run once (``build_prefix_tree``,
+  ``SharedPrefixes``) and kept across calls (``PrefixCache``); each prompt's own remainder runs on
+  top of them, in batches of similar length so that little padding is computed. Drafting
+  (drafting.py) prefills its prompts the same way.
+* A request's ``continuation`` (the reply turn after a thread) runs in the trie pass too, and
+  ``score_options_and_continue`` hands its cache back (``DecodeStart``): drafts decode from there, so
+  a thread is read once for its labels and its reply.
 
 Small models favour some labels whatever the text says (SmolLM2-135M answers "refund" for nearly every
 ticket). ``label_priors`` and ``FieldScores.calibrated`` implement contextual calibration ("Calibrate
