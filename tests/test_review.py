@@ -70,7 +70,7 @@ def test_empty_echo_leak_and_wrong_language_are_caught() -> None:
     assert _check("   \n ") == "empty"
     assert _check(CUSTOMER) == "echo"
     assert _check("Hello! " + CUSTOMER[:60]) == "echo"
-    leak = "Never promise refunds, credits, compensation, replacements or deadlines that you cannot verify"
+    leak = "Never promise refunds, credits, replacements or deadlines you cannot verify"  # prompt v2 wording
     assert _check(leak) == "echo"
     german = "Es tut uns leid, dass Ihr Paket noch nicht angekommen ist. Wir prüfen das sofort."
     assert _check(german, language="en") == "wrong_language:de"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ticketfleet.engine import TransformersEngine
+from ticketfleet.engine.prompts import PROMPT_VERSION
 from ticketfleet.schemas import INTENTS, EngineInput, ThreadMessage
 from ticketfleet.settings import Settings
 from ticketfleet.taxonomy import TaxonomyError, effective_prompt_version, load_taxonomy
@@ -42,16 +43,16 @@ def test_custom_taxonomy_constrains_labels_and_versions_the_prompt(
     )
     settings = tiny_settings(tiny_qwen_dir, intent_taxonomy=path)
     engine = TransformersEngine.from_settings(settings)
-    assert engine.prompt_version.startswith("v1+intents.")
+    assert engine.prompt_version.startswith(f"{PROMPT_VERSION}+intents.")
     assert engine.prompt_version == effective_prompt_version(settings)
-    assert effective_prompt_version(tiny_settings(tiny_qwen_dir)) == "v1"
+    assert effective_prompt_version(tiny_settings(tiny_qwen_dir)) == PROMPT_VERSION
     items = [
         EngineInput(item_id=i, thread=[ThreadMessage(role="customer", text=t)], want_draft=False)
         for i, t in enumerate(["My kettle broke after a month", "Please send the March invoice again"])
     ]
     for triage in engine.classify(items):
         assert triage.intent.value in {"warranty_claim", "invoice_copy", "other"}
-    prompt = engine.tokenizer.decode(engine._triage_ids("x", subject=None, channel="ticket")[0])
+    prompt = engine.tokenizer.decode(engine._prepare(items[0]).thread_ids)
     assert "warranty claim (a product broke within its warranty)" in prompt
 
 

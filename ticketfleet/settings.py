@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     max_new_tokens: int = Field(default=160, ge=1, le=2048)
     max_input_tokens: int = Field(default=1024, ge=64, description="Thread tokens kept per prompt.")
-    prompt_version: str = "v1"
+    prompt_version: str = "v2"  # ticketfleet.engine.prompts.PROMPT_VERSION (importing it here loads torch)
     intent_taxonomy: Path | None = Field(
         default=None, description="JSON file of allowed intents (default: the bundled support taxonomy)."
     )

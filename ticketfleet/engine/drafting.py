@@ -5,24 +5,31 @@ position, so every row's prompt must end at the same column; right padding would
 continue after a run of pad tokens.
 
 ``generate_drafts`` runs its own greedy loop rather than ``model.generate``: prompts are prefilled on
-top of their shared prefixes (the draft system prompt of each reply language, see
-``scoring.SharedPrefixes``) in batches of similar length, then decoded together from one preallocated
-KV cache, with finished rows dropped and the loop ending once every row has stopped. It produces the
-tokens ``model.generate`` would (greedy, the checkpoint's repetition penalty honoured) and falls back
-to it for models or generation settings it does not cover.
+top of their shared prefixes (the system prompt, see ``scoring.SharedPrefixes``) in batches of similar
+length, then decoded together from one preallocated KV cache, with finished rows dropped and the loop
+ending once every row has stopped. It produces the tokens ``model.generate`` would (greedy, the
+checkpoint's repetition penalty honoured) and falls back to it for models or generation settings it
+does not cover (``fast_decoding``). ``decode_drafts`` runs the same loop from prompts the triage pass
+has already run (``scoring.score_fields_and_continue``).
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ticketfleet.engine.scoring import SharedPrefixes, base_decoder, build_prefix_tree, supports_custom_masks
+from ticketfleet.engine.scoring import (
+    DecodeStart,
+    SharedPrefixes,
+    base_decoder,
+    build_prefix_tree,
+    supports_custom_masks,
+)
 from ticketfleet.schemas import ThreadMessage
 
 # Chat-template tokens around each message (<|im_start|>role\n ... <|im_end|>\n), counted against
@@ -162,15 +169,62 @@ def generate_drafts(
         _generate_with_hf(model, tokenizer, prompts, groups, pad_id, stops, max_new_tokens, results)
         return [result for result in results if result is not None]
     started = time.perf_counter()
-    # Prompts share long prefixes (the system prompt of each reply language): run each one once.
+    # Prompts share long prefixes (the system prompt and whatever follows it alike): run each once.
     shared = SharedPrefixes(model, prompts, build_prefix_tree(prompts))
     prefix_share = (time.perf_counter() - started) / len(prompts)
     for group in groups:
         started = time.perf_counter()
-        new_tokens = _greedy_batch(model, shared, group, pad_id, stops, max_new_tokens, max_batch_tokens)
+        starts = [
+            DecodeStart.from_prefilled(batch, [len(prompts[row]) for row in batch.rows])
+            for batch in (shared.prefill(chunk, pad_id) for chunk in shared.chunks(group, max_batch_tokens))
+        ]
+        new_tokens = _greedy_batch(model, starts, prompts, stops, max_new_tokens)
         share = prefix_share + (time.perf_counter() - started) / len(group)
-        _store(tokenizer, group, new_tokens, share, results)
+        _store(tokenizer, group, [new_tokens[row] for row in group], share, results)
     return [result for result in results if result is not None]
+
+
+def fast_decoding(model: Any) -> bool:
+    """Whether ``decode_drafts`` can continue this model's prompts (else ``generate_drafts`` falls back)."""
+    return supports_custom_masks(model) and _plain_greedy(model.generation_config)
+
+
+@torch.inference_mode()
+def decode_drafts(
+    model: Any,
+    tokenizer: Any,
+    starts: Sequence[DecodeStart],
+    prompts: Mapping[int, Sequence[int]],
+    *,
+    max_new_tokens: int,
+    max_batch_tokens: int,
+) -> dict[int, Generated]:
+    """Greedy-decode from prompts already run (``scoring.score_fields_and_continue``), per prompt index.
+
+    ``prompts[row]`` is the whole prompt of each row of ``starts`` (for the repetition penalty).
+    Batches are decoded together while rows x (widest cache + ``max_new_tokens``) fits
+    ``max_batch_tokens``; each ``Generated.seconds`` is its row's share of its decode batch only.
+    """
+    stops = stop_token_ids(model, tokenizer)
+    results: dict[int, Generated] = {}
+    groups: list[list[DecodeStart]] = []
+    rows = width = 0
+    for start in starts:
+        wider = max(width, start.mask.shape[1])
+        if groups and (rows + len(start.rows)) * (wider + max_new_tokens) <= max_batch_tokens:
+            groups[-1].append(start)
+            rows, width = rows + len(start.rows), wider
+        else:
+            groups.append([start])
+            rows, width = len(start.rows), start.mask.shape[1]
+    for group in groups:
+        started = time.perf_counter()
+        new_tokens = _greedy_batch(model, group, prompts, stops, max_new_tokens)
+        share = (time.perf_counter() - started) / len(new_tokens)
+        for row, tokens in new_tokens.items():
+            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            results[row] = Generated(text=text, tokens=len(tokens), seconds=share)
+    return results
 
 
 def _store(
@@ -295,56 +349,44 @@ def _next_token_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
 
 def _greedy_batch(
     model: Any,
-    shared: SharedPrefixes,
-    group: Sequence[int],
-    pad_id: int,
+    starts: Sequence[DecodeStart],
+    prompts: Sequence[Sequence[int]] | Mapping[int, Sequence[int]],
     stops: Sequence[int],
     max_new_tokens: int,
-    max_batch_tokens: int,
-) -> list[list[int]]:
-    """New tokens (up to and including the stop token) for the prompts ``group``, in that order.
+) -> dict[int, list[int]]:
+    """New tokens (up to and including the stop token) for every row of ``starts``, by prompt index.
 
-    Prompts are prefilled in batches of similar length on top of their shared prefixes, then decoded
-    together from one cache (rows left-padded to a common width, room for the new tokens preallocated).
-    Rows that are done drop out of the batch once they are a quarter of it; decoding ends when all are.
+    The batches are merged into one cache (rows left-padded to a common width, room for the new tokens
+    preallocated) and decoded together. Rows that are done drop out of the batch once they are a
+    quarter of it; decoding ends when all are.
     """
     from transformers.cache_utils import Cache
 
     device = model.device
     decoder = base_decoder(model)
-    prefilled = [shared.prefill(chunk, pad_id) for chunk in shared.chunks(group, max_batch_tokens)]
-    rows = [row for batch in prefilled for row in batch.rows]
-    width = max(batch.mask.shape[1] for batch in prefilled)
+    rows = [row for start in starts for row in start.rows]
+    width = max(start.mask.shape[1] for start in starts)
     capacity = width + max_new_tokens
     layers: list[Any] = []
     buffer_layer = _buffer_layer()
-    for index, layer in enumerate(prefilled[0].cache.layers):
-        keys = layer.keys.new_zeros((len(rows), layer.keys.shape[1], capacity, layer.keys.shape[3]))
-        values = layer.values.new_zeros((len(rows), layer.values.shape[1], capacity, layer.values.shape[3]))
-        start = 0
-        for batch in prefilled:
-            end, used = start + len(batch.rows), batch.mask.shape[1]
-            keys[start:end, :, width - used : width] = batch.cache.layers[index].keys
-            values[start:end, :, width - used : width] = batch.cache.layers[index].values
-            start = end
+    for index, (first_keys, first_values) in enumerate(starts[0].kv):
+        keys = first_keys.new_zeros((len(rows), first_keys.shape[1], capacity, first_keys.shape[3]))
+        values = first_values.new_zeros((len(rows), first_values.shape[1], capacity, first_values.shape[3]))
+        offset = 0
+        for start in starts:
+            end, used = offset + len(start.rows), start.mask.shape[1]
+            keys[offset:end, :, width - used : width] = start.kv[index][0]
+            values[offset:end, :, width - used : width] = start.kv[index][1]
+            offset = end
         layers.append(buffer_layer(keys, values, width))
     mask = torch.zeros((len(rows), capacity), dtype=torch.long, device=device)
-    start = 0
-    for batch in prefilled:
-        mask[start : start + len(batch.rows), width - batch.mask.shape[1] : width] = batch.mask
-        start += len(batch.rows)
-    hidden = torch.cat(
-        [
-            batch.hidden[
-                torch.arange(len(batch.rows), device=device),
-                torch.tensor(batch.rest_lengths, device=device) - 1,
-            ]
-            for batch in prefilled
-        ]
-    )
-    del prefilled
+    offset = 0
+    for start in starts:
+        mask[offset : offset + len(start.rows), width - start.mask.shape[1] : width] = start.mask
+        offset += len(start.rows)
+    hidden = torch.cat([start.last for start in starts])
     cache = Cache(layers=layers)
-    positions = torch.tensor([len(shared.prompts[row]) for row in rows], device=device)
+    positions = torch.tensor([position for start in starts for position in start.positions], device=device)
 
     penalty = getattr(model.generation_config, "repetition_penalty", None)
     seen: torch.Tensor | None = None
@@ -358,7 +400,7 @@ def _greedy_batch(
             if seen is None:
                 seen = torch.zeros(logits.shape, dtype=torch.bool, device=device)
                 for i, row in enumerate(rows):
-                    seen[i, torch.tensor(list(shared.prompts[row]), device=device)] = True
+                    seen[i, torch.tensor(list(prompts[row]), device=device)] = True
             penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
             logits = torch.where(seen, penalised, logits)
         tokens = logits.argmax(dim=-1)
@@ -388,8 +430,7 @@ def _greedy_batch(
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state[:, -1]
-    by_row = dict(zip(rows, outputs, strict=True))
-    return [by_row[row] for row in group]
+    return dict(zip(rows, outputs, strict=True))
 
 
 def _generate_with_hf(

@@ -5,25 +5,39 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, get_args
 
 import torch
 
-from ticketfleet.engine.drafting import Generated, generate_drafts, trim_thread, truncate_to_tokens
+from ticketfleet.engine.drafting import (
+    Generated,
+    decode_drafts,
+    fast_decoding,
+    generate_drafts,
+    trim_thread,
+    truncate_to_tokens,
+)
 from ticketfleet.engine.injection import screen
 from ticketfleet.engine.language import UNDETERMINED, detect_language
 from ticketfleet.engine.loading import LoadedModel, load_model, resolve_model, select_device
 from ticketfleet.engine.prompts import (
     SUPPORTED_PROMPT_VERSIONS,
     defuse,
-    draft_messages,
-    draft_system_prompt,
+    draft_turn,
     language_name,
+    system_prompt,
+    thread_messages,
     triage_fields,
-    triage_messages,
+    triage_turn,
 )
-from ticketfleet.engine.scoring import FieldScores, label_priors, score_fields
+from ticketfleet.engine.scoring import (
+    DecodeStart,
+    FieldScores,
+    label_priors,
+    score_fields,
+    score_fields_and_continue,
+)
 from ticketfleet.schemas import Channel, EngineInput, EngineOutput, FieldPrediction, ThreadMessage, Triage
 from ticketfleet.settings import Settings, get_settings
 from ticketfleet.taxonomy import effective_prompt_version, load_taxonomy
@@ -36,8 +50,9 @@ CALIBRATED_FIELDS: tuple[str, ...] = ("intent", "priority")
 """Fields calibrated by default (contextual calibration, see ``TransformersEngine.label_priors``).
 
 Sentiment is left out on purpose: on the 40 hand-labelled sample tickets in bench/label_calibration.py,
-calibration cut SmolLM2-135M's sentiment accuracy from 12/40 to 6/40 (its favourite answer just moved from
-"negative" to "positive"), while intent rose from 3/40 to 9/40 and priority from 5/40 to 17/40.
+with prompt v1 calibration cut SmolLM2-135M's sentiment accuracy from 12/40 to 6/40 (its favourite answer
+just moved from "negative" to "positive"), while intent rose from 3/40 to 9/40 and priority from 5/40 to
+17/40. With prompt v2: sentiment 8/40 either way, intent 4/40 -> 13/40, priority 11/40 -> 7/40.
 Pass ``calibrated_fields=()`` to turn calibration off.
 """
 CONTENT_FREE_TEXTS: tuple[str, ...] = ("N/A", "", "[MASK]")
@@ -49,7 +64,14 @@ class _Prepared:
     """What the engine derives from one input before running the model."""
 
     language: FieldPrediction
+    messages: list[dict[str, str]]
+    """Chat messages of the shared part: system prompt, then the (defused, trimmed) thread."""
+    rendered: str
+    """``messages`` through the chat template: the text of ``thread_ids``."""
+    thread_ids: list[int]
+    """The shared part's token ids: what triage and draft prompts of this item both start with."""
     triage_ids: list[int]
+    """The turn asking for the labels, after ``thread_ids``."""
     truncated: bool
 
 
@@ -78,6 +100,7 @@ class TransformersEngine:
         # The intent taxonomy shapes the prompt, so a custom one is part of the recorded prompt version.
         self.taxonomy = load_taxonomy(settings.intent_taxonomy)
         self.fields = triage_fields(self.taxonomy.labels)
+        self._system = system_prompt(self.taxonomy.labels, self.taxonomy.descriptions)
         self.prompt_version: str = effective_prompt_version(settings)
         # Strings that must never reach the tokenizer verbatim from customer text (see prompts.defuse).
         self._forbidden = [str(token) for token in self.tokenizer.get_added_vocab()]
@@ -111,57 +134,60 @@ class TransformersEngine:
         """Triage only: language, sentiment, intent, priority per item, in order."""
         items, _ = self._screen(items)
         prepared = [self._prepare(item) for item in items]
-        scores = self._score(prepared)
+        scores, _ = self._score(prepared)
         return [self._triage(p, s) for p, s in zip(prepared, scores, strict=True)]
 
     @torch.inference_mode()
     def process(self, items: list[EngineInput]) -> list[EngineOutput]:
-        """Triage every item and draft a reply where ``want_draft``; one output per input, in order."""
+        """Triage every item and draft a reply where ``want_draft``; one output per input, in order.
+
+        Triage and draft prompts of an item share the system prompt and the thread: the thread is run
+        once, and the label turn (with its answers) and the reply turn branch off its cache in one pass.
+        """
         if not items:
             return []
         started = time.perf_counter()
         items, suspected = self._screen(items)
         prepared = [self._prepare(item) for item in items]
-        scores = self._score(prepared)
-        triage_share = (time.perf_counter() - started) / len(items)
-
         want = [i for i, item in enumerate(items) if item.want_draft]
         draft_languages = {i: self._draft_language(items[i], prepared[i].language) for i in want}
-        draft_prompts: dict[int, tuple[list[int], bool]] = {
-            i: self._draft_prompt(items[i], draft_languages[i]) for i in want
-        }
-        generated: dict[int, Generated] = dict(
-            zip(
-                want,
-                generate_drafts(
-                    self.model,
-                    self.tokenizer,
-                    [draft_prompts[i][0] for i in want],
-                    max_new_tokens=self.settings.max_new_tokens,
-                    max_batch_tokens=self.settings.batch_max_tokens,
-                ),
-                strict=True,
-            )
+        reply_turns = {i: self._reply_turn(prepared[i], draft_languages[i]) for i in want}
+        continued = fast_decoding(self.model)
+        scores, starts = self._score(
+            prepared,
+            continuations=[reply_turns.get(i, []) for i in range(len(items))] if continued else None,
         )
+        triage_share = (time.perf_counter() - started) / len(items)
+
+        draft_prompts = {i: prepared[i].thread_ids + reply_turns[i] for i in want}
+        generated = self._drafts(draft_prompts, starts if continued else None)
 
         outputs: list[EngineOutput] = []
         for i, item in enumerate(items):
             draft = generated.get(i)
-            draft_ids, draft_cut = draft_prompts.get(i, ([], False))
             outputs.append(
                 EngineOutput(
                     item_id=item.item_id,
                     triage=self._triage(prepared[i], scores[i]),
                     draft=draft.text if draft is not None else None,
                     draft_language=draft_languages.get(i),
-                    input_tokens=len(prepared[i].triage_ids) + len(draft_ids),
+                    input_tokens=len(prepared[i].thread_ids)
+                    + len(prepared[i].triage_ids)
+                    + len(reply_turns.get(i, [])),
                     output_tokens=draft.tokens if draft is not None else 0,
-                    truncated=prepared[i].truncated or draft_cut,
+                    truncated=prepared[i].truncated,
                     latency_ms=1000.0 * (triage_share + (draft.seconds if draft is not None else 0.0)),
                     injection_suspected=suspected[i],
                 )
             )
         return outputs
+
+    def draft_prompt(self, item: EngineInput) -> list[int]:
+        """Token ids of the draft prompt ``process`` decodes from for ``item`` (after screening)."""
+        [item], _ = self._screen([item])
+        prepared = self._prepare(item)
+        language = self._draft_language(item, prepared.language)
+        return prepared.thread_ids + self._reply_turn(prepared, language)
 
     # --- also public: full label distributions -------------------------------------------------
 
@@ -171,7 +197,7 @@ class TransformersEngine:
 
         Fields in ``calibrated_fields`` carry their prior and calibrated confidences; ``logprobs`` stay raw.
         """
-        return self._score([self._prepare(item) for item in items])
+        return self._score([self._prepare(item) for item in items])[0]
 
     @torch.inference_mode()
     def label_priors(self) -> dict[str, tuple[float, ...]]:
@@ -189,12 +215,21 @@ class TransformersEngine:
         if fields:
             # Both channels: their prompts differ by one word, and a prior per engine keeps it simple.
             prompts = [
-                self._triage_ids(text, subject=None, channel=channel)[0]
+                self._prepare(
+                    EngineInput(
+                        item_id=0, channel=channel, thread=[ThreadMessage(role="customer", text=text)]
+                    )
+                )
                 for channel in get_args(Channel)
                 for text in CONTENT_FREE_TEXTS
             ]
             content_free = score_fields(
-                self.model, self.tokenizer, prompts, fields, max_batch_tokens=self.settings.batch_max_tokens
+                self.model,
+                self.tokenizer,
+                [p.thread_ids for p in prompts],
+                fields,
+                max_batch_tokens=self.settings.batch_max_tokens,
+                turns=[p.triage_ids for p in prompts],
             )
             priors = label_priors(content_free)
         self._priors = priors
@@ -217,51 +252,95 @@ class TransformersEngine:
             flags.append(found)
         return screened, flags
 
-    def _encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def _triage_ids(self, text: str, *, subject: str | None, channel: Channel) -> tuple[list[int], bool]:
-        """Token ids of the triage prompt (customer strings defused and capped), and whether text was cut."""
-        text, cut = truncate_to_tokens(
-            self.tokenizer, defuse(text, self._forbidden), self.settings.max_input_tokens
+    def _prepare(self, item: EngineInput) -> _Prepared:
+        """The shared part of the prompts (customer strings defused, thread fitted) and the label turn."""
+        trimmed = trim_thread(
+            item.thread,
+            self.tokenizer,
+            self.settings.max_input_tokens,
+            texts=[defuse(message.text, self._forbidden) for message in item.thread],
         )
+        subject = item.subject
         if subject:
             subject, _ = truncate_to_tokens(
                 self.tokenizer, defuse(subject, self._forbidden), _MAX_SUBJECT_TOKENS
             )
-        messages = triage_messages(
-            text,
-            subject=subject,
-            channel=channel,
-            intents=self.taxonomy.labels,
-            intent_descriptions=self.taxonomy.descriptions,
+        messages = thread_messages(self._system, trimmed.messages, subject=subject)
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        prepared = _Prepared(
+            language=detect_language(item.text, locale_hint=item.locale_hint),
+            messages=messages,
+            rendered=rendered,
+            thread_ids=self._encode(rendered),
+            triage_ids=[],
+            truncated=trimmed.truncated,
         )
-        return self._encode_chat(messages), cut
+        return replace(prepared, triage_ids=self._turn_ids(prepared, triage_turn(item.channel)))
 
-    def _prepare(self, item: EngineInput) -> _Prepared:
-        ids, cut = self._triage_ids(item.text, subject=item.subject, channel=item.channel)
-        return _Prepared(
-            language=detect_language(item.text, locale_hint=item.locale_hint), triage_ids=ids, truncated=cut
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _turn_ids(self, prepared: _Prepared, turn: dict[str, str]) -> list[int]:
+        """Token ids of ``turn`` and the assistant's opening after the thread (what the template adds)."""
+        whole = self.tokenizer.apply_chat_template(
+            [*prepared.messages, turn], tokenize=False, add_generation_prompt=True
         )
+        if not whole.startswith(prepared.rendered):
+            raise ValueError("the chat template renders a thread differently once a turn follows it")
+        return self._encode(whole[len(prepared.rendered) :])
 
-    def _score(self, prepared: list[_Prepared]) -> list[dict[str, FieldScores]]:
+    def _reply_turn(self, prepared: _Prepared, language: str) -> list[int]:
+        return self._turn_ids(prepared, draft_turn(language_name(language)))
+
+    def _score(
+        self, prepared: list[_Prepared], continuations: list[list[int]] | None = None
+    ) -> tuple[list[dict[str, FieldScores]], list[DecodeStart]]:
         if not prepared:
-            return []
+            return [], []
         priors = self.label_priors()
-        scores = score_fields(
+        scores, starts = score_fields_and_continue(
             self.model,
             self.tokenizer,
-            [p.triage_ids for p in prepared],
+            [p.thread_ids for p in prepared],
             self.fields,
             max_batch_tokens=self.settings.batch_max_tokens,
+            turns=[p.triage_ids for p in prepared],
+            continuations=continuations,
+            reserve=self.settings.max_new_tokens,
         )
         # Contextual calibration: divide out what the model says for no content at all, so a label wins
         # by fitting this ticket rather than by being the model's favourite answer.
-        return [
+        calibrated = [
             {name: s.calibrated(priors[name]) if name in priors else s for name, s in item.items()}
             for item in scores
         ]
+        return calibrated, starts
+
+    def _drafts(
+        self, prompts: dict[int, list[int]], starts: list[DecodeStart] | None
+    ) -> dict[int, Generated]:
+        """Drafts for ``prompts`` (by item index): decoded from ``starts``, else generated from scratch."""
+        if not prompts:
+            return {}
+        budget = self.settings.batch_max_tokens
+        if starts is not None:
+            return decode_drafts(
+                self.model,
+                self.tokenizer,
+                starts,
+                prompts,
+                max_new_tokens=self.settings.max_new_tokens,
+                max_batch_tokens=budget,
+            )
+        order = list(prompts)
+        generated = generate_drafts(
+            self.model,
+            self.tokenizer,
+            [prompts[i] for i in order],
+            max_new_tokens=self.settings.max_new_tokens,
+            max_batch_tokens=budget,
+        )
+        return dict(zip(order, generated, strict=True))
 
     @staticmethod
     def _triage(prepared: _Prepared, scores: dict[str, FieldScores]) -> Triage:
@@ -280,14 +359,3 @@ class TransformersEngine:
         if item.locale_hint:
             return item.locale_hint.replace("_", "-").split("-")[0].lower()
         return "en"
-
-    def _draft_prompt(self, item: EngineInput, language: str) -> tuple[list[int], bool]:
-        """Chat-templated draft prompt ids, and whether the thread had to be trimmed."""
-        trimmed = trim_thread(
-            item.thread,
-            self.tokenizer,
-            self.settings.max_input_tokens,
-            texts=[defuse(message.text, self._forbidden) for message in item.thread],
-        )
-        system = draft_system_prompt(language_name(language))
-        return self._encode_chat(draft_messages(system, trimmed.messages)), trimmed.truncated

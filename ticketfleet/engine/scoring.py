@@ -14,10 +14,13 @@ Two things keep this fast on a CPU:
   more pass on top of its KV cache, packed as a token trie under a tree-shaped attention mask.
   ``share_prompt=False`` runs every prompt + continuation as its own full sequence instead: slower,
   but the plain reference the tests compare against (both paths give the same scores).
-* Prefixes that several prompts share (the system prompt, then the instructions of each channel) are
-  run once (``build_prefix_tree``, ``SharedPrefixes``) and kept across calls (``PrefixCache``); each
-  prompt's own remainder runs on top of them, in batches of similar length so that little padding is
-  computed. Drafting (drafting.py) prefills its prompts the same way.
+* Prefixes that several prompts share (the system prompt) are run once (``build_prefix_tree``,
+  ``SharedPrefixes``) and kept across calls (``PrefixCache``); each prompt's own remainder runs on
+  top of them, in batches of similar length so that little padding is computed. Drafting
+  (drafting.py) prefills its prompts the same way.
+* A request's ``continuation`` (the reply turn after a thread) runs in the trie pass too, and
+  ``score_options_and_continue`` hands its cache back (``DecodeStart``): drafts decode from there, so
+  a thread is read once for its labels and its reply.
 
 Small models favour some labels whatever the text says (SmolLM2-135M answers "refund" for nearly every
 ticket). ``label_priors`` and ``FieldScores.calibrated`` implement contextual calibration ("Calibrate
@@ -50,6 +53,9 @@ class ScoreRequest:
 
     prompt_ids: Sequence[int]
     options: Sequence[tuple[Sequence[int], Sequence[int]]]
+    continuation: Sequence[int] = ()
+    """Tokens to run after the prompt alongside the options, scored nothing, for a caller to continue
+    from (a draft's reply turn): the shared-prompt path hands their cache back as a ``DecodeStart``."""
 
 
 @dataclass(frozen=True)
@@ -188,13 +194,18 @@ class _Trie:
     depths: list[int]
     ancestors: torch.Tensor  # [N, N] bool
     picks: list[tuple[int, int, int]]  # (node predicting the token, target token, option)
+    kept: int = 0
+    """The ``keep`` path's length: its tokens are nodes ``0 .. kept - 1``, in order."""
 
 
-def _build_trie(options: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Trie:
-    tokens: list[int] = []
-    parents: list[int] = []
-    depths: list[int] = []
-    children: dict[tuple[int, int], int] = {}
+def _build_trie(options: Sequence[tuple[Sequence[int], Sequence[int]]], keep: Sequence[int] = ()) -> _Trie:
+    """The trie of ``options``; ``keep``, a path nothing is scored on, is kept whole and comes first."""
+    tokens: list[int] = list(keep)
+    parents: list[int] = list(range(-1, len(keep) - 1))
+    depths: list[int] = list(range(len(keep)))
+    children: dict[tuple[int, int], int] = {
+        (parent, token): i for i, (parent, token) in enumerate(zip(parents, tokens, strict=True))
+    }
     picks: list[tuple[int, int, int]] = []
     for option, (prefix, label) in enumerate(options):
         node = -1
@@ -213,7 +224,7 @@ def _build_trie(options: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Trie
     # A node whose output predicts no scored token (the last token of a label that no other label
     # extends) only needs to be a target, not an input: leave it out of the pass. Nodes that predict
     # something, and their ancestors, stay; they attend to exactly what they did with the leaves in.
-    needed = [False] * len(tokens)
+    needed = [i < len(keep) for i in range(len(tokens))]
     for node, _, _ in picks:
         while node >= 0 and not needed[node]:
             needed[node] = True
@@ -230,6 +241,7 @@ def _build_trie(options: Sequence[tuple[Sequence[int], Sequence[int]]]) -> _Trie
         depths=[depths[node] for node in kept],
         ancestors=ancestors,
         picks=[(index[node], token, option) for node, token, option in picks],
+        kept=len(keep),
     )
 
 
@@ -609,27 +621,59 @@ class Prefilled:
     rest_lengths: list[int]
 
 
+@dataclass
+class DecodeStart:
+    """A batch of prompts already run through the decoder, for drafting.py to decode from."""
+
+    rows: list[int]
+    """The prompt (request) index of each batch row."""
+    kv: KV
+    """Per layer ``(keys, values)``, ``[rows, kv_heads, width, head_dim]``."""
+    mask: torch.Tensor
+    """``[rows, width]``: 1 for every cache column the row's prompt consists of."""
+    last: torch.Tensor
+    """``[rows, hidden]``: decoder output at each prompt's last token (it predicts the first new one)."""
+    positions: list[int]
+    """Position of each row's first new token: its prompt's length."""
+
+    @classmethod
+    def from_prefilled(cls, batch: Prefilled, lengths: Sequence[int]) -> DecodeStart:
+        """Prompts prefilled as they are (``lengths``: the prompts' lengths, per batch row)."""
+        device = batch.hidden.device
+        last = batch.hidden[
+            torch.arange(len(batch.rows), device=device), torch.tensor(batch.rest_lengths) - 1
+        ]
+        kv = [(layer.keys, layer.values) for layer in batch.cache.layers]
+        return cls(rows=batch.rows, kv=kv, mask=batch.mask, last=last, positions=list(lengths))
+
+
 def _score_with_shared_prompt(
-    model: Any, requests: Sequence[ScoreRequest], pad_id: int, max_tokens: int
-) -> list[list[float]] | None:
+    model: Any, requests: Sequence[ScoreRequest], pad_id: int, max_tokens: int, reserve: int
+) -> tuple[list[list[float]], list[DecodeStart]] | None:
     """Run each prompt once and all of its continuations together on top of its KV cache.
 
     Prefixes that several prompts share (the instructions) run once per call (``SharedPrefixes``);
     then each batch of prompts runs its own remainder, and every continuation is scored in one more
-    pass, packed as a trie with a tree-shaped attention mask. Returns None where the model's attention
-    implementation cannot take such a mask, and the caller falls back to full sequences.
+    pass, packed as a trie with a tree-shaped attention mask. A request's ``continuation`` runs in that
+    pass too; the batch's cache up to it comes back as a ``DecodeStart`` (rows with a continuation
+    only), and ``reserve`` tokens per row (the new tokens to come) count against ``max_tokens``.
+    Returns None where the model's attention implementation cannot take such a mask, and the caller
+    falls back to full sequences.
     """
     if not supports_custom_masks(model):
         return None
     decoder = base_decoder(model)
     device = model.device
     results: list[list[float]] = [[0.0] * len(request.options) for request in requests]
+    starts: list[DecodeStart] = []
     prompts = [request.prompt_ids for request in requests]
     shared = SharedPrefixes(model, prompts, build_prefix_tree(prompts))
-    tries = [_build_trie(request.options) for request in requests]
+    tries = [_build_trie(request.options, request.continuation) for request in requests]
     width = max(len(trie.tokens) for trie in tries)
+    longest = max(trie.kept for trie in tries)
+    extra = max(width, longest + reserve) if longest else width
 
-    for group in shared.chunks(range(len(requests)), max_tokens, extra=width):
+    for group in shared.chunks(range(len(requests)), max_tokens, extra=extra):
         batch = shared.prefill(group, pad_id)
         rows = len(group)
         prompt_mask = batch.mask
@@ -664,7 +708,50 @@ def _score_with_shared_prompt(
             for node, token, option in trie.picks
         ]
         _accumulate(model, hidden, picks, results)
-    return results
+        continued = [row for row, trie in enumerate(group_tries) if trie.kept]
+        if continued:
+            starts.append(
+                _continued(batch, hidden, continued, [group_tries[row] for row in continued], group, prompts)
+            )
+    return results, starts
+
+
+def _continued(
+    batch: Prefilled,
+    hidden: torch.Tensor,
+    continued: list[int],
+    tries: list[_Trie],
+    group: Sequence[int],
+    prompts: Sequence[Sequence[int]],
+) -> DecodeStart:
+    """The rows ``continued`` of a batch after the trie pass, as prompts that end with their continuation.
+
+    Continuations are the first nodes of their tries, so the cache up to the longest of them is all a
+    draft needs; the mask hides the other rows' longer continuations and the label nodes after them.
+    """
+    device = hidden.device
+    prompt_width = batch.mask.shape[1]
+    lengths = [trie.kept for trie in tries]
+    used = prompt_width + max(lengths)
+    select = torch.tensor(continued, device=device)
+    whole = len(continued) == len(batch.rows)
+    kv = [
+        (layer.keys[:, :, :used], layer.values[:, :, :used])
+        if whole
+        else (
+            layer.keys[:, :, :used].index_select(0, select),
+            layer.values[:, :, :used].index_select(0, select),
+        )
+        for layer in batch.cache.layers
+    ]
+    tail = torch.arange(max(lengths), device=device).unsqueeze(0) < torch.tensor(
+        lengths, device=device
+    ).unsqueeze(1)
+    mask = torch.cat([batch.mask.index_select(0, select), tail.to(batch.mask.dtype)], 1)
+    last = hidden[select, torch.tensor(lengths, device=device) - 1]
+    indices = [group[row] for row in continued]
+    positions = [len(prompts[index]) + length for index, length in zip(indices, lengths, strict=True)]
+    return DecodeStart(rows=indices, kv=kv, mask=mask, last=last, positions=positions)
 
 
 def _score_full_sequences(
@@ -733,6 +820,26 @@ def score_options(
 
     ``max_batch_tokens`` caps rows x padded length of each forward pass.
     """
+    return score_options_and_continue(
+        model, requests, pad_id=pad_id, max_batch_tokens=max_batch_tokens, share_prompt=share_prompt
+    )[0]
+
+
+@torch.inference_mode()
+def score_options_and_continue(
+    model: Any,
+    requests: Sequence[ScoreRequest],
+    *,
+    pad_id: int,
+    max_batch_tokens: int,
+    share_prompt: bool = True,
+    reserve: int = 0,
+) -> tuple[list[list[float]], list[DecodeStart]]:
+    """``score_options``, and the batches of requests with a ``continuation``, ready to decode from.
+
+    No batches come back from the full-sequence path (``share_prompt=False``, or a model that cannot
+    take tree masks): the caller then runs the continued prompts itself.
+    """
     for request in requests:
         if not request.prompt_ids:
             raise ValueError("a score request needs a non-empty prompt")
@@ -740,12 +847,12 @@ def score_options(
             if not prefix or not label:
                 raise ValueError("every option needs a non-empty prefix and label")
     if not requests:
-        return []
+        return [], []
     if share_prompt:
-        shared = _score_with_shared_prompt(model, requests, pad_id, max_batch_tokens)
+        shared = _score_with_shared_prompt(model, requests, pad_id, max_batch_tokens, reserve)
         if shared is not None:
             return shared
-    return _score_full_sequences(model, requests, pad_id, max_batch_tokens)
+    return _score_full_sequences(model, requests, pad_id, max_batch_tokens), []
 
 
 def encode_field_options(tokenizer: Any, field: LabelField) -> list[tuple[list[int], list[int]]]:
@@ -766,17 +873,60 @@ def score_fields(
     *,
     max_batch_tokens: int,
     share_prompt: bool = True,
+    turns: Sequence[Sequence[int]] | None = None,
 ) -> list[dict[str, FieldScores]]:
-    """Score every field of every prompt; one ``{field name: FieldScores}`` per prompt, in order."""
+    """Score every field of every prompt; one ``{field name: FieldScores}`` per prompt, in order.
+
+    ``turns[i]``, if given, is read between prompt ``i`` and the answer prefixes (the question turn
+    after a thread); the scores are those of the prompt ``prompts[i] + turns[i]``.
+    """
+    return score_fields_and_continue(
+        model,
+        tokenizer,
+        prompts,
+        fields,
+        max_batch_tokens=max_batch_tokens,
+        share_prompt=share_prompt,
+        turns=turns,
+    )[0]
+
+
+def score_fields_and_continue(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    fields: Sequence[LabelField],
+    *,
+    max_batch_tokens: int,
+    share_prompt: bool = True,
+    turns: Sequence[Sequence[int]] | None = None,
+    continuations: Sequence[Sequence[int]] | None = None,
+    reserve: int = 0,
+) -> tuple[list[dict[str, FieldScores]], list[DecodeStart]]:
+    """``score_fields``, and prompt ``i`` continued by ``continuations[i]`` (empty: none) in the same pass.
+
+    The continued prompts (e.g. a thread followed by its reply turn) come back as ``DecodeStart``
+    batches for ``drafting.decode_drafts``, ``reserve`` tokens a row counted for their decoding.
+    """
     options_per_field = [encode_field_options(tokenizer, field) for field in fields]
     flat_options = [option for options in options_per_field for option in options]
-    requests = [ScoreRequest(prompt_ids=prompt, options=flat_options) for prompt in prompts]
-    scores = score_options(
+    requests = [
+        ScoreRequest(
+            prompt_ids=prompt,
+            options=[([*turns[i], *prefix], label) for prefix, label in flat_options]
+            if turns
+            else flat_options,
+            continuation=continuations[i] if continuations else (),
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+    scores, starts = score_options_and_continue(
         model,
         requests,
         pad_id=int(tokenizer.pad_token_id),
         max_batch_tokens=max_batch_tokens,
         share_prompt=share_prompt,
+        reserve=reserve,
     )
     out: list[dict[str, FieldScores]] = []
     for per_prompt in scores:
@@ -787,4 +937,4 @@ def score_fields(
             start += len(field.labels)
             by_field[field.name] = FieldScores(field=field, logprobs=logprobs, probs=softmax(logprobs))
         out.append(by_field)
-    return out
+    return out, starts
