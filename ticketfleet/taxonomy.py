@@ -7,7 +7,7 @@ categories points ``TICKETFLEET_INTENT_TAXONOMY`` at a file of the same shape::
 
 Labels are what gets stored and written back; descriptions, when given, are shown to the model. A
 custom taxonomy changes the prompt, so it becomes part of the prompt version recorded with every
-result (``v1+intents.<hash>``), and ``ticketfleet backlog --stale`` reprocesses older results.
+result (``v2+intents.<hash>``), and ``ticketfleet backlog --stale`` reprocesses older results.
 """
 
 from __future__ import annotations

@@ -46,13 +46,14 @@ log = logging.getLogger(__name__)
 
 _MAX_SUBJECT_TOKENS = 64
 
-CALIBRATED_FIELDS: tuple[str, ...] = ("intent", "priority")
+CALIBRATED_FIELDS: tuple[str, ...] = ("intent",)
 """Fields calibrated by default (contextual calibration, see ``TransformersEngine.label_priors``).
 
-Sentiment is left out on purpose: on the 40 hand-labelled sample tickets in bench/label_calibration.py,
-with prompt v1 calibration cut SmolLM2-135M's sentiment accuracy from 12/40 to 6/40 (its favourite answer
-just moved from "negative" to "positive"), while intent rose from 3/40 to 9/40 and priority from 5/40 to
-17/40. With prompt v2: sentiment 8/40 either way, intent 4/40 -> 13/40, priority 11/40 -> 7/40.
+Chosen by measurement on the 40 hand-labelled sample tickets in bench/label_calibration.py with
+SmolLM2-135M. Prompt v2: intent 4/40 raw -> 13/40 calibrated, priority 11/40 -> 7/40, sentiment 8/40
+either way, so only intent is calibrated. (Prompt v1 had calibrated intent and priority: intent 3 -> 9,
+priority 5 -> 17, sentiment 12 -> 6.) A 135M model's labels swing by several items with any change of
+wording (docs/benchmarks.md), so re-measure this with the model you deploy.
 Pass ``calibrated_fields=()`` to turn calibration off.
 """
 CONTENT_FREE_TEXTS: tuple[str, ...] = ("N/A", "", "[MASK]")
