@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     ColumnElement,
     Select,
@@ -35,6 +36,11 @@ def any_of(
 ) -> ColumnElement[bool]:
     """``target = ANY(<one array parameter>)``: an ``IN`` whose SQL does not grow with the list."""
     return target == any_(literal(list(values), ARRAY(type_)))
+
+
+def in_ids(target: ColumnElement[Any] | QueryableAttribute[Any], ids: Iterable[int]) -> ColumnElement[bool]:
+    """``target = ANY(<bigint[] parameter>)``: the id lookups of the ingest and work-item paths."""
+    return any_of(target, ids, BigInteger())
 
 
 def unnest_rows(columns: Sequence[Column[Any]], rows: Sequence[Mapping[str, Any]]) -> TableValuedAlias:

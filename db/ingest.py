@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import BigInteger, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from db.bulk import any_of, table_of, unnest_rows, unnest_select
+from db.bulk import in_ids, table_of, unnest_rows, unnest_select
 from db.models import Message, Source, Ticket
 from db.pii_vault import ThreadVault, load_threads, store_entries
 from ticketfleet.inbound import InboundTicket
@@ -177,7 +177,7 @@ def ingest_tickets(
     next_position = dict(
         session.execute(
             select(Message.ticket_id, func.max(Message.position) + 1)
-            .where(any_of(Message.ticket_id, ticket_ids.values(), BigInteger()))
+            .where(in_ids(Message.ticket_id, ticket_ids.values()))
             .group_by(Message.ticket_id)
         ).all()
     )

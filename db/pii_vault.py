@@ -11,11 +11,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from db.bulk import any_of, table_of, unnest_rows
+from db.bulk import in_ids, table_of, unnest_rows
 from db.models import PiiVaultEntry
 from ticketfleet.pii.redactor import rehydrate_text
 from ticketfleet.pii.vault import VaultCipher
@@ -42,7 +42,7 @@ def load_threads(session: Session, cipher: VaultCipher, ticket_ids: Iterable[int
             PiiVaultEntry.key_id,
             PiiVaultEntry.nonce,
             PiiVaultEntry.ciphertext,
-        ).where(any_of(PiiVaultEntry.ticket_id, ids, BigInteger()))
+        ).where(in_ids(PiiVaultEntry.ticket_id, ids))
     )
     for ticket_id, placeholder, key_id, nonce, ciphertext in rows:
         thread = threads[ticket_id]
@@ -84,7 +84,7 @@ def store_entries(
     if entries:
         session.execute(
             update(vault)
-            .where(any_of(vault.c.ticket_id, entries, BigInteger()), vault.c.purged_at.is_(None))
+            .where(in_ids(vault.c.ticket_id, entries), vault.c.purged_at.is_(None))
             .values(purge_after=func.now() + retention)
         )
 

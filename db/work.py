@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, aliased
 
 from db import audit as events
 from db.audit import AuditTrail
-from db.bulk import any_of, table_of, unnest_select
+from db.bulk import in_ids, table_of, unnest_select
 from db.models import ItemState, Message, TriageResult, WorkItem
 from db.results import RunIdentity
 
@@ -116,7 +116,7 @@ def mark_queued(session: Session, item_ids: Iterable[int], *, audit: AuditTrail)
     if ids:
         queued = session.execute(
             update(WorkItem)
-            .where(any_of(WorkItem.id, ids, BigInteger()), WorkItem.state == ItemState.pending)
+            .where(in_ids(WorkItem.id, ids), WorkItem.state == ItemState.pending)
             .values(state=ItemState.queued, queued_at=func.now(), updated_at=func.now())
             .returning(WorkItem.id)
         ).scalars()
@@ -142,7 +142,7 @@ def claim(
         return []
     now = func.now()
     claimable_hint = and_(
-        WorkItem.id.in_(list(hinted_ids) or [-1]),
+        in_ids(WorkItem.id, hinted_ids),
         or_(
             WorkItem.state.in_([ItemState.pending, ItemState.queued]),
             and_(WorkItem.state == ItemState.failed, WorkItem.next_attempt_at <= now),
@@ -154,7 +154,7 @@ def claim(
     candidates = session.execute(
         select(WorkItem.id, WorkItem.token_estimate, WorkItem.state)
         .where(condition)
-        .order_by(WorkItem.id.in_(list(hinted_ids) or [-1]).desc(), WorkItem.queued_at, WorkItem.id)
+        .order_by(in_ids(WorkItem.id, hinted_ids).desc(), WorkItem.queued_at, WorkItem.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
@@ -170,7 +170,7 @@ def claim(
         return []
     rows = session.execute(
         update(WorkItem)
-        .where(WorkItem.id.in_(chosen))
+        .where(in_ids(WorkItem.id, chosen))
         .values(
             state=ItemState.processing,
             attempts=WorkItem.attempts + 1,
@@ -196,7 +196,7 @@ def mark_done(session: Session, item_ids: Sequence[int], *, audit: AuditTrail) -
         was = _states_locked(session, item_ids)
         session.execute(
             update(WorkItem)
-            .where(WorkItem.id.in_(list(item_ids)))
+            .where(in_ids(WorkItem.id, item_ids))
             .values(
                 state=ItemState.done,
                 finished_at=func.now(),
@@ -214,7 +214,7 @@ def mark_done(session: Session, item_ids: Sequence[int], *, audit: AuditTrail) -
 def _states_locked(session: Session, item_ids: Iterable[int]) -> dict[int, ItemState]:
     """Current states, row-locked so they are still the states the following UPDATE changes."""
     rows = session.execute(
-        select(WorkItem.id, WorkItem.state).where(WorkItem.id.in_(list(item_ids))).with_for_update()
+        select(WorkItem.id, WorkItem.state).where(in_ids(WorkItem.id, item_ids)).with_for_update()
     ).all()
     return {int(i): ItemState(state) for i, state in rows}
 
@@ -307,7 +307,7 @@ def reap(
         return {}
     rows = session.execute(
         update(WorkItem)
-        .where(WorkItem.id.in_(list(was)))
+        .where(in_ids(WorkItem.id, was))
         .values(state=ItemState.pending, claimed_by=None, lease_expires_at=None, updated_at=now)
         .returning(WorkItem.id, WorkItem.lane)
     ).all()
@@ -352,13 +352,13 @@ def requeue_for_backlog(
     was = dict(
         session.execute(
             select(WorkItem.id, WorkItem.state)
-            .where(WorkItem.message_id.in_(list(message_ids)), WorkItem.state.in_(resettable))
+            .where(in_ids(WorkItem.message_id, message_ids), WorkItem.state.in_(resettable))
             .with_for_update()
         ).all()
     )
     reset = session.execute(
         update(WorkItem)
-        .where(WorkItem.id.in_(list(was) or [-1]), WorkItem.state.in_(resettable))
+        .where(in_ids(WorkItem.id, was), WorkItem.state.in_(resettable))
         .values(state=ItemState.pending, lane=lane, attempts=0, last_error=None, updated_at=func.now())
         .returning(WorkItem.id)
     ).scalars()

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import BigInteger, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.audit import AuditTrail
-from db.bulk import any_of
+from db.bulk import in_ids
 from db.ingest import IngestResult, ingest_tickets
 from db.models import Channel, Message
 from db.session import transaction
@@ -102,9 +102,7 @@ def by_lane(session: Session, message_ids: list[int], choice: str) -> dict[str, 
     if choice != "live":
         return {choice: message_ids}
     lanes: dict[str, list[int]] = {}
-    rows = session.execute(
-        select(Message.id, Message.channel).where(any_of(Message.id, message_ids, BigInteger()))
-    )
+    rows = session.execute(select(Message.id, Message.channel).where(in_ids(Message.id, message_ids)))
     for message_id, channel in rows:
         lanes.setdefault("chat" if channel == Channel.chat else "tickets", []).append(message_id)
     return lanes

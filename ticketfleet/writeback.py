@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from connectors.base import Connector, ConnectorError, RateLimited, RetryableError, WriteBack
 from connectors.registry import build_connector
 from db.audit import record_events
+from db.bulk import in_ids
 from db.models import Draft, Message, Source, Ticket, TriageResult, WorkItem, WriteBackRow, WriteBackState
 from db.pii_vault import rehydrate
 from db.results import RunIdentity
@@ -123,7 +124,7 @@ def plan_write_backs(
             ),
         )
         .where(
-            WorkItem.id.in_(list(item_ids)),
+            in_ids(WorkItem.id, item_ids),
             TriageResult.model_id == run.model_id,
             TriageResult.model_revision == run.model_revision,
             TriageResult.prompt_version == run.prompt_version,

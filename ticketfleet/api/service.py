@@ -14,11 +14,11 @@ from typing import Any, cast
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import BigInteger, String, func, select, text
+from sqlalchemy import String, func, select, text
 from sqlalchemy.orm import Session
 
 from db.audit import AuditTrail, record_draft_status
-from db.bulk import any_of
+from db.bulk import any_of, in_ids
 from db.ingest import IngestResult
 from db.models import Draft, DraftStatus, Message, Source, Ticket, WorkItem
 from db.pii_vault import rehydrate as rehydrate_draft
@@ -220,7 +220,7 @@ class ApiService:
             stored.extend(_stored_records(session, source, records, set(ingest.new_message_ids)))
             rows = session.execute(
                 select(WorkItem.message_id, WorkItem.id, WorkItem.lane).where(
-                    any_of(WorkItem.message_id, ingest.new_customer_message_ids, BigInteger())
+                    in_ids(WorkItem.message_id, ingest.new_customer_message_ids)
                 )
             )
             item_of.update({message_id: (item_id, item_lane) for message_id, item_id, item_lane in rows})
