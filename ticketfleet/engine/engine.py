@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, get_args
 
 import torch
@@ -268,30 +268,30 @@ class TransformersEngine:
             )
         messages = thread_messages(self._system, trimmed.messages, subject=subject)
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        prepared = _Prepared(
+        return _Prepared(
             language=detect_language(item.text, locale_hint=item.locale_hint),
             messages=messages,
             rendered=rendered,
             thread_ids=self._encode(rendered),
-            triage_ids=[],
+            triage_ids=self._turn_ids(messages, rendered, triage_turn(item.channel)),
             truncated=trimmed.truncated,
         )
-        return replace(prepared, triage_ids=self._turn_ids(prepared, triage_turn(item.channel)))
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _turn_ids(self, prepared: _Prepared, turn: dict[str, str]) -> list[int]:
-        """Token ids of ``turn`` and the assistant's opening after the thread (what the template adds)."""
+    def _turn_ids(self, messages: list[dict[str, str]], rendered: str, turn: dict[str, str]) -> list[int]:
+        """Token ids of ``turn`` and the assistant's opening after the thread ``messages`` (rendered as
+        ``rendered``): what the template adds after it."""
         whole = self.tokenizer.apply_chat_template(
-            [*prepared.messages, turn], tokenize=False, add_generation_prompt=True
+            [*messages, turn], tokenize=False, add_generation_prompt=True
         )
-        if not whole.startswith(prepared.rendered):
+        if not whole.startswith(rendered):
             raise ValueError("the chat template renders a thread differently once a turn follows it")
-        return self._encode(whole[len(prepared.rendered) :])
+        return self._encode(whole[len(rendered) :])
 
     def _reply_turn(self, prepared: _Prepared, language: str) -> list[int]:
-        return self._turn_ids(prepared, draft_turn(language_name(language)))
+        return self._turn_ids(prepared.messages, prepared.rendered, draft_turn(language_name(language)))
 
     def _score(
         self, prepared: list[_Prepared], continuations: list[list[int]] | None = None
