@@ -27,12 +27,12 @@ sys.path.insert(0, str(REPO))
 
 from db.migrate import upgrade  # noqa: E402
 from tests.support.fleet import Fleet, states, wait_until  # noqa: E402
+from ticketfleet.core.inbound import InboundTicket  # noqa: E402
+from ticketfleet.core.schemas import EngineInput, ThreadMessage  # noqa: E402
+from ticketfleet.core.settings import Settings  # noqa: E402
 from ticketfleet.engine import TransformersEngine, smollm2_gguf_path  # noqa: E402
-from ticketfleet.importing import import_file  # noqa: E402
-from ticketfleet.inbound import InboundTicket  # noqa: E402
-from ticketfleet.schemas import EngineInput, ThreadMessage  # noqa: E402
+from ticketfleet.pipeline.importing import import_file  # noqa: E402
 from ticketfleet.services import EmbeddedServices, redis_client, resolve  # noqa: E402
-from ticketfleet.settings import Settings  # noqa: E402
 
 SAMPLE = REPO / "ticketfleet" / "data" / "sample_tickets.jsonl"
 

@@ -47,10 +47,10 @@ from connectors.webhook_signatures import sign_ticketfleet  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.models import WorkItem  # noqa: E402
 from db.session import dispose_engines, normalise_url, transaction  # noqa: E402
-from ticketfleet.importing import import_file  # noqa: E402
+from ticketfleet.core.settings import Settings  # noqa: E402
 from ticketfleet.pii.vault import generate_key  # noqa: E402
+from ticketfleet.pipeline.importing import import_file  # noqa: E402
 from ticketfleet.services import EmbeddedServices, redis_client, resolve  # noqa: E402
-from ticketfleet.settings import Settings  # noqa: E402
 
 SOURCE = "bench"
 SECRET = "bench-signing-secret-" + uuid.uuid4().hex

@@ -25,11 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ticketfleet.core.schemas import INTENTS, PRIORITIES, SENTIMENTS, EngineInput, ThreadMessage, Triage  # noqa: E402
+from ticketfleet.core.settings import Settings  # noqa: E402
 from ticketfleet.engine import CALIBRATED_FIELDS, TransformersEngine, smollm2_gguf_path  # noqa: E402
 from ticketfleet.engine.engine import CONTENT_FREE_TEXTS  # noqa: E402
 from ticketfleet.engine.loading import LoadedModel, load_model, resolve_model, select_device  # noqa: E402
-from ticketfleet.schemas import INTENTS, PRIORITIES, SENTIMENTS, EngineInput, ThreadMessage, Triage  # noqa: E402
-from ticketfleet.settings import Settings  # noqa: E402
 
 SAMPLE = REPO / "ticketfleet" / "data" / "sample_tickets.jsonl"
 FIELDS = {"sentiment": SENTIMENTS, "intent": INTENTS, "priority": PRIORITIES}

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ticketfleet.engine import language as lang  # noqa: E402
-from ticketfleet.engine.language import SUPPORTED_LANGUAGES, normalize_code  # noqa: E402
+from ticketfleet.language import SUPPORTED_LANGUAGES, normalize_code  # noqa: E402
 
 SET = REPO / "bench" / "data" / "langid_set.jsonl"
 
@@ -258,7 +258,7 @@ def run_cld(items: list[Item]) -> list[Result]:
 
 
 def run_shipped(items: list[Item], *, use_langid: bool, hints: str | None, name: str) -> Result:
-    """The shipped pipeline (ticketfleet/engine/language.py), with or without py3langid and hints."""
+    """The shipped pipeline (ticketfleet/language.py), with or without py3langid and hints."""
 
     def hint_of(item: Item) -> str | None:
         if hints == "realistic":
@@ -299,10 +299,10 @@ def llm_scores(items: list[Item], cache: Path | None) -> tuple[list[dict[str, fl
         data = json.loads(cache.read_text(encoding="utf-8"))
         if data.get("ids") == [i.id for i in items]:
             return data["scores"], float(data["seconds"]), float(data["load_seconds"])
+    from ticketfleet.core.settings import Settings
     from ticketfleet.engine import TransformersEngine, smollm2_gguf_path
     from ticketfleet.engine.prompts import LANGUAGE_NAMES, LabelField
     from ticketfleet.engine.scoring import label_priors, score_fields
-    from ticketfleet.settings import Settings
 
     try:
         path = smollm2_gguf_path()

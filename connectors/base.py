@@ -33,7 +33,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ticketfleet.inbound import InboundTicket
+from ticketfleet.core.inbound import InboundTicket
 
 
 class ConnectorError(Exception):

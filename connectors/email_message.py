@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from connectors.email_text import BodyText, body_text, decode_header_value
-from ticketfleet.inbound import MAX_ID_LENGTH
+from ticketfleet.core.inbound import MAX_ID_LENGTH
 
 MSG_ID = re.compile(r"<([^<>\s]+)>")
 REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|wg|fwd?|tr|rv|r)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)

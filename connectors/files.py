@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from connectors.base import ConfigError, Connector, NotFound, PullPage, WriteBack, WriteBackReceipt
-from ticketfleet.inbound import InboundTicket
+from ticketfleet.core.inbound import InboundTicket
 
 if TYPE_CHECKING:
     from connectors.http import SourceHttp

@@ -51,7 +51,8 @@ from connectors.saas_support import (
     require_secret,
 )
 from connectors.window_cursor import WindowCursor, iso, maybe_timestamp, read_page_with_lookback
-from ticketfleet.inbound import InboundMessage, InboundTicket
+from ticketfleet.core.inbound import InboundMessage, InboundTicket
+from ticketfleet.core.vocabulary import Channel, Role
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 OUTBOUND_EMAIL = 10  # Freshdesk source value: the ticket was opened by an agent's outbound e-mail
@@ -178,7 +179,7 @@ class FreshdeskConnector(HttpConnector):
         if description.strip():
             messages.append(
                 InboundMessage(
-                    role="agent" if raw.get("source") == OUTBOUND_EMAIL else "customer",
+                    role=Role.agent if raw.get("source") == OUTBOUND_EMAIL else Role.customer,
                     text=description,
                     external_id="description",
                     created_at=maybe_timestamp(raw.get("created_at")),
@@ -195,7 +196,7 @@ class FreshdeskConnector(HttpConnector):
             )
             messages.append(
                 InboundMessage(
-                    role="customer" if from_customer else "agent",
+                    role=Role.customer if from_customer else Role.agent,
                     text=text,
                     external_id=str(conv.get("id")),
                     created_at=maybe_timestamp(conv.get("created_at")),
@@ -207,7 +208,7 @@ class FreshdeskConnector(HttpConnector):
         return InboundTicket(
             external_id=ticket_id,
             source=self.name,
-            channel="chat" if raw.get("source") in self.options.chat_sources else "ticket",
+            channel=Channel.chat if raw.get("source") in self.options.chat_sources else Channel.ticket,
             subject=raw.get("subject"),
             requester=who,
             messages=messages,

@@ -59,7 +59,8 @@ from connectors.base import (
 from connectors.email_message import ParsedMail, fit_id, parse_mail, strip_reply_prefix
 from connectors.files import describe_validation_error
 from connectors.http import SourceHttp
-from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
+from ticketfleet.core.inbound import InboundMessage, InboundTicket, Requester
+from ticketfleet.core.vocabulary import Channel, Role
 
 log = logging.getLogger(__name__)
 
@@ -474,13 +475,13 @@ class ImapConnector(Connector):
                     InboundTicket(
                         external_id=fit_id(root),
                         source=self.name,
-                        channel="ticket",
+                        channel=Channel.ticket,
                         subject=strip_reply_prefix(thread[0].subject) or None,
                         requester=Requester(name=first.from_name, email=first.from_email),
                         locale=first.locale,
                         messages=[
                             InboundMessage(
-                                role="agent" if self._is_agent(m) else "customer",
+                                role=Role.agent if self._is_agent(m) else Role.customer,
                                 text=m.body.text,
                                 external_id=fit_id(m.message_id),
                                 created_at=m.created_at,

@@ -58,7 +58,8 @@ from connectors.saas_support import (
     require_secret,
 )
 from connectors.window_cursor import WindowCursor, maybe_timestamp
-from ticketfleet.inbound import InboundMessage, InboundTicket
+from ticketfleet.core.inbound import InboundMessage, InboundTicket
+from ticketfleet.core.vocabulary import Channel, Role
 
 # Default start for a source without a cursor: before any Jira Cloud issue, and a date JQL takes.
 DEFAULT_START = datetime(2000, 1, 1, tzinfo=UTC)
@@ -229,7 +230,7 @@ class JsmConnector(HttpConnector):
         if description:
             messages.append(
                 InboundMessage(
-                    role="customer",
+                    role=Role.customer,
                     text=description,
                     external_id="description",
                     created_at=maybe_timestamp(fields.get("created")),
@@ -247,7 +248,7 @@ class JsmConnector(HttpConnector):
             )
             messages.append(
                 InboundMessage(
-                    role="customer" if by_reporter else "agent",
+                    role=Role.customer if by_reporter else Role.agent,
                     text=text,
                     external_id=str(comment.get("id")),
                     created_at=maybe_timestamp((comment.get("created") or {}).get("iso8601")),
@@ -257,7 +258,7 @@ class JsmConnector(HttpConnector):
         return InboundTicket(
             external_id=str(issue["id"]),
             source=self.name,
-            channel="ticket",
+            channel=Channel.ticket,
             subject=fields.get("summary"),
             requester=who,
             messages=messages,

@@ -18,7 +18,7 @@ from connectors.base import ConfigError, Connector
 from connectors.http import RequestBudget, SourceHttp
 
 if TYPE_CHECKING:
-    from ticketfleet.sources import SourceConfig
+    from connectors.sources_file import SourceConfig
 
 KINDS: dict[str, str] = {
     "files": "connectors.files",

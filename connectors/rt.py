@@ -54,8 +54,9 @@ from connectors.base import (
 )
 from connectors.http import RequestBudget, SourceHttp
 from connectors.rt_content import attachment_text, body_part, declared_length
-from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
-from ticketfleet.schemas import Role
+from ticketfleet.core.inbound import InboundMessage, InboundTicket, Requester
+from ticketfleet.core.schemas import Role
+from ticketfleet.core.vocabulary import Channel
 
 REST_PATH = "/REST/2.0"
 # Tag prefixes (the write-back convention for every source) → the label names custom fields are keyed by.
@@ -398,7 +399,7 @@ class RtConnector(Connector):
         return InboundTicket(
             external_id=ticket_id,
             source=self.name,
-            channel="ticket",
+            channel=Channel.ticket,
             subject=raw.get("Subject") or None,
             requester=requester,
             messages=messages,
@@ -423,9 +424,9 @@ class RtConnector(Connector):
             by_requestor = bool(_identities(creator) & requestors)
             role: Role
             if txn.get("Type") == "Create":
-                role = "customer" if by_requestor or self.options.agent_created_as_customer else "agent"
+                role = Role.customer if by_requestor or self.options.agent_created_as_customer else Role.agent
             else:
-                role = "customer" if by_requestor else "agent"
+                role = Role.customer if by_requestor else Role.agent
             text = self._body(parts.get(txn_id, []))
             if not text and txn.get("Type") == "Create" and subject.strip():
                 text = subject.strip()  # a ticket opened with a subject only: the subject is the request

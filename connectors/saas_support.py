@@ -26,7 +26,7 @@ from connectors.base import BadResponse, ConfigError, Connector, WriteBack, Writ
 from connectors.files import describe_validation_error
 from connectors.http import SourceHttp, decode_json
 from connectors.window_cursor import Hit, parse_timestamp
-from ticketfleet.inbound import InboundTicket, Requester
+from ticketfleet.core.inbound import InboundTicket, Requester
 
 __all__ = ["decode_json"]  # re-exported: the connectors import their HTTP helpers from here
 

@@ -64,7 +64,8 @@ from connectors.saas_support import (
     require_secret,
 )
 from connectors.window_cursor import WindowCursor, iso, maybe_timestamp, read_page_with_lookback
-from ticketfleet.inbound import InboundMessage, InboundTicket, Requester
+from ticketfleet.core.inbound import InboundMessage, InboundTicket, Requester
+from ticketfleet.core.vocabulary import Channel
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SENDER_ROLES = {"Customer": "customer", "Agent": "agent"}
@@ -198,7 +199,7 @@ class ZammadConnector(HttpConnector):
         return InboundTicket(
             external_id=ticket_id,
             source=self.name,
-            channel="chat" if kind in self.options.chat_types else "ticket",
+            channel=Channel.chat if kind in self.options.chat_types else Channel.ticket,
             subject=raw.get("title"),
             requester=self._requester(raw.get("customer"), customer_from),
             messages=messages,

@@ -38,7 +38,7 @@ from connectors.base import (
 )
 from connectors.files import describe_validation_error
 from connectors.http import SourceHttp
-from ticketfleet.inbound import InboundTicket
+from ticketfleet.core.inbound import InboundTicket
 
 EXPORT_PATH = "/api/v2/incremental/tickets/cursor.json"
 # Zendesk "via" channels that are conversations rather than tickets.

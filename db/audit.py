@@ -36,7 +36,7 @@ ITEM_REQUEUED = "item.requeued"  # reaper: stuck/expired/failed → pending
 ITEM_BACKLOG = "item.backlog_requeued"  # backlog run: → pending on the backlog lane
 TRIAGE_DECIDED = "triage.decided"  # model decision: fields, confidences, gates, model + prompt version
 DRAFT_STATUS = "draft.status_changed"  # none → proposed at creation; proposed → accepted|edited|rejected
-# Write-backs (ticketfleet/writeback.py): "writeback.done" / "writeback.failed", pending → done|failed.
+# Write-backs (db/write_backs.py): "writeback.done" / "writeback.failed", pending → done or failed.
 
 
 _EVENT_COLUMNS = ("actor", "event_type", "entity_type", "entity_id", "data", "before", "after")

@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session
 from db.bulk import in_ids, table_of, unnest_rows, unnest_select
 from db.models import Message, Source, Ticket
 from db.pii_vault import ThreadVault, load_threads, store_entries
-from ticketfleet.inbound import InboundTicket
+from ticketfleet.core.inbound import InboundTicket
+from ticketfleet.core.settings import Settings, get_settings
 from ticketfleet.pii import DetectContext, PiiKind, ThreadRedactor, regions_for
 from ticketfleet.pii.vault import VaultCipher
-from ticketfleet.settings import Settings, get_settings
 
 
 @dataclass

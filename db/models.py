@@ -39,6 +39,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ticketfleet.core.vocabulary import Channel, Role
+
+__all__ = ["Channel", "Role"]  # re-exported: the columns' enums are the fleet's vocabulary
+
 # Deterministic constraint names, so autogenerate and `alembic check` never see spurious diffs.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -51,16 +55,6 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class Channel(enum.StrEnum):
-    chat = "chat"
-    ticket = "ticket"
-
-
-class AuthorRole(enum.StrEnum):
-    customer = "customer"
-    agent = "agent"
 
 
 class ItemState(enum.StrEnum):
@@ -128,7 +122,7 @@ class Message(Base):
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
     external_id: Mapped[str] = mapped_column(String(200))
     position: Mapped[int] = mapped_column(Integer)
-    author_role: Mapped[AuthorRole] = mapped_column(_enum(AuthorRole, "author_role"))
+    author_role: Mapped[Role] = mapped_column(_enum(Role, "author_role"))
     channel: Mapped[Channel] = mapped_column(_enum(Channel, "channel"))
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(

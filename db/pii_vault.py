@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from db.bulk import in_ids, table_of, unnest_rows
 from db.models import PiiVaultEntry
+from ticketfleet.core.settings import Settings, get_settings
 from ticketfleet.pii.redactor import rehydrate_text
 from ticketfleet.pii.vault import VaultCipher
-from ticketfleet.settings import Settings, get_settings
 
 
 @dataclass

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from db import audit as events
 from db.audit import AuditTrail, record_draft_status
 from db.models import Draft, DraftStatus, TriageResult, WorkItem
-from ticketfleet.schemas import EngineOutput
+from ticketfleet.core.schemas import EngineOutput
+from ticketfleet.core.vocabulary import RunIdentity
 
 
 @dataclass(frozen=True)
@@ -23,15 +24,6 @@ class Review:
     gates: dict[str, Any]
     needs_review: bool
     draft_check: str | None  # None: no draft was due
-
-
-@dataclass(frozen=True)
-class RunIdentity:
-    """What produced a result. Changing any part makes older results stale."""
-
-    model_id: str
-    model_revision: str
-    prompt_version: str
 
 
 def store_outputs(

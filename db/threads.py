@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, aliased
 
 from db.models import Message, Ticket
 from db.work import ClaimedItem
-from ticketfleet.schemas import EngineInput, ThreadMessage
+from ticketfleet.core.schemas import EngineInput, ThreadMessage
 
 
 def load_inputs(session: Session, items: Sequence[ClaimedItem]) -> dict[int, EngineInput]:
@@ -27,7 +27,7 @@ def load_inputs(session: Session, items: Sequence[ClaimedItem]) -> dict[int, Eng
     threads: dict[int, list[ThreadMessage]] = {}
     tickets: dict[int, Ticket] = {}
     for message_id, role, body, ticket in rows:
-        threads.setdefault(message_id, []).append(ThreadMessage(role=role.value, text=body))
+        threads.setdefault(message_id, []).append(ThreadMessage(role=role, text=body))
         tickets[message_id] = ticket
     inputs: dict[int, EngineInput] = {}
     for item in items:
@@ -37,7 +37,7 @@ def load_inputs(session: Session, items: Sequence[ClaimedItem]) -> dict[int, Eng
         ticket = tickets[item.message_id]
         inputs[item.id] = EngineInput(
             item_id=item.id,
-            channel=ticket.channel.value,
+            channel=ticket.channel,
             subject=ticket.subject,
             thread=thread,
             want_draft=item.want_draft,

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
-from db.models import AuthorRole, Draft, Message, Source, Ticket, TriageResult, WorkItem
+from db.models import Draft, Message, Role, Source, Ticket, TriageResult, WorkItem
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def ticket_with_results(session: Session, source: str, external_id: str) -> Tick
     messages = (
         session.execute(
             select(Message)
-            .where(Message.ticket_id == ticket.id, Message.author_role == AuthorRole.customer)
+            .where(Message.ticket_id == ticket.id, Message.author_role == Role.customer)
             .order_by(Message.position)
         )
         .scalars()

@@ -34,7 +34,7 @@ from db import audit as events
 from db.audit import AuditTrail
 from db.bulk import in_ids, table_of, unnest_select
 from db.models import ItemState, Message, TriageResult, WorkItem
-from db.results import RunIdentity
+from ticketfleet.core.vocabulary import RunIdentity
 
 # Rough tokens-per-character for budgeting before tokenisation; generous on purpose so a batch
 # rarely exceeds its real token budget.

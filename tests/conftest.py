@@ -22,8 +22,8 @@ from db.migrate import upgrade
 from db.session import get_engine, normalise_url
 from tests.fakes.zendesk import FakeZendesk
 from tests.support.audit import truncate_tables
+from ticketfleet.core.settings import Settings
 from ticketfleet.services import EmbeddedServices, redis_client
-from ticketfleet.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # One PII vault key per test session, in the environment so that every Settings() (the fixture's, the

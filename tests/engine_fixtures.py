@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ticketfleet.core.settings import Settings
 from ticketfleet.engine import TransformersEngine
-from ticketfleet.settings import Settings
 from ticketfleet.testing.tiny_qwen import build_tiny_qwen
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

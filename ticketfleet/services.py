@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import redis
 
-from ticketfleet.settings import Settings
+from ticketfleet.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,15 @@ class ServiceUrls:
         return {"TICKETFLEET_DATABASE_URL": self.database_url, "TICKETFLEET_REDIS_URL": self.redis_url}
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A redis-py client for a Celery-style broker URL (``redis+socket://`` is kombu's Unix socket)."""
+def redis_client(url: str, *, timeout_s: float | None = None) -> redis.Redis:
+    """The one redis-py client for a Celery-style broker URL (``redis+socket://`` is kombu's Unix
+    socket). ``timeout_s`` bounds connecting and every reply: a health check must answer, not hang."""
+    options: dict[str, Any] = {}
+    if timeout_s is not None:
+        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url[len("redis+socket://") :])
-    return redis.Redis.from_url(url)
+        return redis.Redis(unix_socket_path=url[len("redis+socket://") :], **options)
+    return redis.Redis.from_url(url, **options)
 
 
 class EmbeddedServices:

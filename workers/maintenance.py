@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ticketfleet import maintenance
-from ticketfleet.settings import get_settings
-from workers.app import NIGHTLY_BACKLOG_TASK, PII_PURGE_TASK, REAP_TASK, app
+from ticketfleet.broker import NIGHTLY_BACKLOG_TASK, PII_PURGE_TASK, REAP_TASK, app
+from ticketfleet.core.settings import get_settings
+from ticketfleet.pipeline import maintenance
 
 
 @app.task(name=REAP_TASK)

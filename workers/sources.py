@@ -1,13 +1,13 @@
 """Source tasks on the ``maintenance`` queue: poll one source; push one write-back. Thin on purpose:
-the work is in ticketfleet.polling and ticketfleet.writeback."""
+the work is in ticketfleet.pipeline.polling and ticketfleet.pipeline.writeback."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ticketfleet import polling, writeback
-from ticketfleet.settings import get_settings
-from workers.app import SOURCE_POLL_TASK, SOURCE_WRITE_BACK_TASK, app
+from ticketfleet.broker import SOURCE_POLL_TASK, SOURCE_WRITE_BACK_TASK, app
+from ticketfleet.core.settings import get_settings
+from ticketfleet.pipeline import polling, writeback
 
 
 @app.task(name=SOURCE_POLL_TASK)

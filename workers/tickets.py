@@ -1,5 +1,5 @@
 """The ``tickets`` lane: new tickets from the connectors, processed as they arrive."""
 
-from workers.app import register_lane
+from workers.base import register_lane
 
 process_tickets = register_lane("tickets")

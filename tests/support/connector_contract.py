@@ -35,7 +35,7 @@ from connectors.base import (
     SourceTimeout,
     WriteBack,
 )
-from ticketfleet.inbound import InboundTicket
+from ticketfleet.core.inbound import InboundTicket
 
 Fault = Literal["429", "500", "malformed", "timeout"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import time
 
+from ticketfleet.core.schemas import EngineInput, EngineOutput, Triage
+from ticketfleet.core.settings import Settings
 from ticketfleet.engine import TransformersEngine
-from ticketfleet.schemas import EngineInput, EngineOutput, Triage
-from ticketfleet.settings import Settings
 
 POISON_MARKER = "POISON-PILL"
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from db.models import ItemState, WorkItem
 from db.session import transaction
-from ticketfleet.demo import worker_command
+from ticketfleet.cli.demo import worker_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

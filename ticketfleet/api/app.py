@@ -14,8 +14,8 @@ from ticketfleet.api.guard import Guard, parse_json
 from ticketfleet.api.metrics import ApiMetrics, MetricsMiddleware
 from ticketfleet.api.schemas import DraftDecisionReply, HookReply, IngestReply, TicketView
 from ticketfleet.api.service import ApiService
+from ticketfleet.core.settings import Settings, get_settings
 from ticketfleet.pii.vault import PiiKeyError
-from ticketfleet.settings import Settings, get_settings
 
 VENDORS = ("zendesk", "zammad")
 

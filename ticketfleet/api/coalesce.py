@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ticketfleet.inbound import InboundTicket
+from ticketfleet.core.inbound import InboundTicket
 
 # Records per coalesced store; more wait for the next. Large enough to absorb a burst, small enough
 # that one transaction stays short.

@@ -27,7 +27,7 @@ from connectors.webhook_signatures import (
     verify_zendesk_webhook,
 )
 from ticketfleet.api.errors import ApiError, unauthenticated
-from ticketfleet.settings import ApiSourceAuth, Settings
+from ticketfleet.core.settings import ApiSourceAuth, Settings
 
 SOURCE_HEADER = "X-Ticketfleet-Source"
 JSON_TYPES = ("application/json",)

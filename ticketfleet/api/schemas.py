@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ticketfleet.inbound import MAX_ID_LENGTH, InboundMessage, InboundTicket, Requester
+from ticketfleet.core.inbound import MAX_ID_LENGTH, InboundMessage, InboundTicket, Requester
+from ticketfleet.core.vocabulary import Channel, Role
 
 
 def _id_as_text(value: object) -> object:
@@ -33,13 +34,13 @@ class ChatMessageIn(BaseModel):
     def to_inbound(self) -> InboundTicket:
         return InboundTicket(
             external_id=self.conversation_id,
-            channel="chat",
+            channel=Channel.chat,
             requester=self.requester,
             locale=self.locale,
             country=self.country,
             messages=[
                 InboundMessage(
-                    role="customer", text=self.text, external_id=self.message_id, created_at=self.sent_at
+                    role=Role.customer, text=self.text, external_id=self.message_id, created_at=self.sent_at
                 )
             ],
         )

@@ -14,16 +14,18 @@ from typing import Any, cast
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import String, func, select, text
+from sqlalchemy import String, select, text
 from sqlalchemy.orm import Session
 
-from db.audit import AuditTrail, record_draft_status
+from db import drafts
+from db.audit import AuditTrail
 from db.bulk import any_of, in_ids
 from db.ingest import IngestResult
-from db.models import Draft, DraftStatus, Message, Source, Ticket, WorkItem
+from db.models import Message, Source, Ticket, WorkItem
 from db.pii_vault import rehydrate as rehydrate_draft
 from db.session import get_engine, transaction
 from db.ticket_view import MessageRow, ticket_with_results
+from ticketfleet import broker
 from ticketfleet.api.coalesce import Coalescer
 from ticketfleet.api.errors import ApiError
 from ticketfleet.api.schemas import (
@@ -42,40 +44,26 @@ from ticketfleet.api.schemas import (
     TicketView,
     field_errors,
 )
-from ticketfleet.dispatch import EnqueueError
-from ticketfleet.inbound import InboundTicket
-from ticketfleet.intake import IntakeResult, store_and_queue
-from ticketfleet.settings import Settings
+from ticketfleet.core.inbound import InboundTicket
+from ticketfleet.core.settings import Settings
+from ticketfleet.core.vocabulary import TRIAGE_FIELD_NAMES
+from ticketfleet.pipeline.dispatch import LaneUnsent
+from ticketfleet.pipeline.intake import IntakeResult, store_and_queue
+from ticketfleet.services import redis_client
 
 log = logging.getLogger(__name__)
 
-POLL_TASK = "ticketfleet.sources.poll"  # defined by the sources poller; we only send it
-POLL_QUEUE = "sources"  # workers.app.SOURCES_QUEUE, consumed by `ticketfleet sources worker`
-TRIAGE_FIELDS = ("language", "sentiment", "intent", "priority")
-
-
-def _redis(url: str) -> redis.Redis:
-    # Short timeouts: a health check or a nudge must answer, not hang, when Redis is away.
-    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
-    if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url[len("redis+socket://") :], **options)
-    return redis.Redis.from_url(url, **options)
+# Short timeouts: a health check or a nudge must answer, not hang, when Redis is away.
+REDIS_TIMEOUT_S = 2.0
 
 
 class ApiService:
     def __init__(self, settings: Settings) -> None:
-        database_url = settings.database_url_value()
-        redis_url = settings.redis_url_value()
-        if not database_url or not redis_url:
-            raise RuntimeError("the API needs TICKETFLEET_DATABASE_URL and TICKETFLEET_REDIS_URL")
         self.settings = settings
-        self.database_url = database_url
-        self.redis = _redis(redis_url)
-        from workers.app import app as celery_app  # late: it imports the processing library
-        from workers.app import configure
-
-        configure(celery_app, settings, redis_url)
-        self.celery = celery_app
+        self.database_url = settings.require_database_url()
+        redis_url = settings.require_redis_url()
+        self.redis = redis_client(redis_url, timeout_s=REDIS_TIMEOUT_S)
+        broker.configure(broker.app, settings, redis_url)
         self._coalescer = Coalescer(self._store_each)
 
     # --- ingest -----------------------------------------------------------------------------------
@@ -183,7 +171,7 @@ class ApiService:
         reply.known_messages = sum(len(r.messages) for r in reply.stored) - reply.new_messages
         reply.work_item_ids = [i for ids in result.work_items.values() for i in ids]
         reply.queued = result.queued
-        reply.warnings = _enqueue_warnings(result.enqueue_errors)
+        reply.warnings = _enqueue_warnings(result.unsent)
         return reply
 
     def _intake(
@@ -226,7 +214,7 @@ class ApiService:
             item_of.update({message_id: (item_id, item_lane) for message_id, item_id, item_lane in rows})
 
         result = self._intake(source, tickets, lane, describe)
-        unsent = {exc.lane for exc in result.enqueue_errors}
+        unsent = {exc.lane for exc in result.unsent}
         replies = []
         for record in stored:
             items = [item_of[m.message_id] for m in record.messages if m.message_id in item_of]
@@ -240,7 +228,7 @@ class ApiService:
                     work_item_ids=[item_id for item_id, _ in items],
                     queued=sum(item_lane not in unsent for _, item_lane in items),
                     warnings=_enqueue_warnings(
-                        [e for e in result.enqueue_errors if e.lane in {la for _, la in items}]
+                        [e for e in result.unsent if e.lane in {la for _, la in items}]
                     ),
                 )
             )
@@ -281,26 +269,20 @@ class ApiService:
             decision = DraftDecisionIn.model_validate(payload)
         except ValidationError as exc:
             raise _invalid(field_errors(exc)) from exc
-        with transaction(self.database_url) as session:
-            row = session.execute(
-                select(Draft)
-                .join(Message, Message.id == Draft.message_id)
-                .join(Ticket, Ticket.id == Message.ticket_id)
-                .join(Source, Source.id == Ticket.source_id)
-                .where(Draft.id == draft_id, Source.name == source)
-                .with_for_update(of=Draft)
-            ).scalar_one_or_none()
-            if row is None:
-                raise ApiError(404, "not_found", f"no draft {draft_id} on a ticket from source {source!r}")
-            before = str(row.status)
-            if before != DraftStatus.proposed:
-                raise ApiError(409, "already_decided", f"draft {draft_id} is already {before}")
-            row.status = DraftStatus(decision.status)
-            row.updated_at = func.now()
-            audit = AuditTrail(f"agent:{decision.agent}")
-            record_draft_status(audit, row.id, before, decision.status, via=f"api:{source}")
-            session.flush()
-            audit.write(session)
+        try:
+            with transaction(self.database_url) as session:
+                before = drafts.decide(
+                    session,
+                    draft_id,
+                    source=source,
+                    status=decision.status,
+                    agent=decision.agent,
+                    via=f"api:{source}",
+                )
+        except drafts.DraftNotFound as exc:
+            raise ApiError(404, "not_found", str(exc)) from exc
+        except drafts.DraftAlreadyDecided as exc:
+            raise ApiError(409, "already_decided", str(exc)) from exc
         return DraftDecisionReply(draft_id=draft_id, before=before, after=decision.status)
 
     # --- vendor hooks -----------------------------------------------------------------------------
@@ -313,15 +295,11 @@ class ApiService:
             # A burst of hooks (a bulk update in the help desk) makes one poll, not hundreds.
             if interval_ms and not self.redis.set(f"ticketfleet:nudge:{source}", 1, nx=True, px=interval_ms):
                 return HookReply(source=source, vendor=vendor, poll="coalesced")
-            self.celery.send_task(POLL_TASK, kwargs={"source": source}, queue=POLL_QUEUE)
-        except Exception as exc:  # redis-py and kombu raise transport-specific types
-            log.warning("could not nudge a poll of %s: %s", source, exc)
-            raise ApiError(
-                503,
-                "broker_unavailable",
-                f"could not nudge a poll of {source!r} ({type(exc).__name__}); the scheduled poll will "
-                "pick the change up",
-            ) from exc
+        except redis.RedisError as exc:
+            raise _nudge_failed(source, type(exc).__name__) from exc
+        sent = broker.send_now([broker.TaskMessage(broker.SOURCE_POLL_TASK, kwargs={"source": source})])
+        if not sent.ok:
+            raise _nudge_failed(source, (sent.error or "").split(":", 1)[0])
         return HookReply(source=source, vendor=vendor, poll="nudged")
 
     # --- health -----------------------------------------------------------------------------------
@@ -342,7 +320,16 @@ class ApiService:
         return checks
 
 
-def _enqueue_warnings(errors: Sequence[EnqueueError]) -> list[str]:
+def _nudge_failed(source: str, cause: str) -> ApiError:
+    log.warning("could not nudge a poll of %s: %s", source, cause)
+    return ApiError(
+        503,
+        "broker_unavailable",
+        f"could not nudge a poll of {source!r} ({cause}); the scheduled poll will pick the change up",
+    )
+
+
+def _enqueue_warnings(errors: Sequence[LaneUnsent]) -> list[str]:
     return [f"{exc}; the items are stored and will be queued by the reaper" for exc in errors]
 
 
@@ -386,8 +373,8 @@ def _message_view(row: MessageRow) -> MessageView:
     if row.result is not None:
         r = row.result
         result = ResultView(
-            labels={f: getattr(r, f) for f in TRIAGE_FIELDS},
-            confidences={f: round(float(getattr(r, f"{f}_confidence")), 4) for f in TRIAGE_FIELDS},
+            labels={f: getattr(r, f) for f in TRIAGE_FIELD_NAMES},
+            confidences={f: round(float(getattr(r, f"{f}_confidence")), 4) for f in TRIAGE_FIELD_NAMES},
             gates=r.gates,
             needs_review=r.needs_review,
             injection_suspected=r.injection_suspected,

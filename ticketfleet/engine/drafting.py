@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ticketfleet.core.schemas import ThreadMessage
 from ticketfleet.engine.scoring import (
     DecodeStart,
     SharedPrefixes,
@@ -30,7 +31,6 @@ from ticketfleet.engine.scoring import (
     build_prefix_tree,
     supports_custom_masks,
 )
-from ticketfleet.schemas import ThreadMessage
 
 # Chat-template tokens around each message (<|im_start|>role\n ... <|im_end|>\n), counted against
 # the thread budget so that max_input_tokens bounds what the model really reads.

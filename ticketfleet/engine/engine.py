@@ -6,10 +6,21 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
+from ticketfleet.core.schemas import (
+    Channel,
+    EngineInput,
+    EngineOutput,
+    FieldPrediction,
+    ThreadMessage,
+    Triage,
+)
+from ticketfleet.core.settings import Settings, get_settings
+from ticketfleet.core.taxonomy import effective_prompt_version, load_taxonomy
+from ticketfleet.core.vocabulary import Role
 from ticketfleet.engine.drafting import (
     Generated,
     decode_drafts,
@@ -19,7 +30,6 @@ from ticketfleet.engine.drafting import (
     truncate_to_tokens,
 )
 from ticketfleet.engine.injection import screen
-from ticketfleet.engine.language import UNDETERMINED, detect_language
 from ticketfleet.engine.loading import LoadedModel, load_model, resolve_model, select_device
 from ticketfleet.engine.prompts import (
     SUPPORTED_PROMPT_VERSIONS,
@@ -38,9 +48,7 @@ from ticketfleet.engine.scoring import (
     score_fields,
     score_fields_and_continue,
 )
-from ticketfleet.schemas import Channel, EngineInput, EngineOutput, FieldPrediction, ThreadMessage, Triage
-from ticketfleet.settings import Settings, get_settings
-from ticketfleet.taxonomy import effective_prompt_version, load_taxonomy
+from ticketfleet.language import UNDETERMINED, detect_language
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +226,10 @@ class TransformersEngine:
             prompts = [
                 self._prepare(
                     EngineInput(
-                        item_id=0, channel=channel, thread=[ThreadMessage(role="customer", text=text)]
+                        item_id=0, channel=channel, thread=[ThreadMessage(role=Role.customer, text=text)]
                     )
                 )
-                for channel in get_args(Channel)
+                for channel in Channel
                 for text in CONTENT_FREE_TEXTS
             ]
             content_free = score_fields(

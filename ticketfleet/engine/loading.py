@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from ticketfleet.settings import Settings
+from ticketfleet.core.settings import Settings
 
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ticketfleet.schemas import INTENTS, PRIORITIES, SENTIMENTS, Channel
+from ticketfleet.core.schemas import INTENTS, PRIORITIES, SENTIMENTS, Channel
 
 PROMPT_VERSION = "v2"
 SUPPORTED_PROMPT_VERSIONS: tuple[str, ...] = (PROMPT_VERSION,)

@@ -40,8 +40,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ticketfleet.core.schemas import FieldPrediction
 from ticketfleet.engine.prompts import LabelField
-from ticketfleet.schemas import FieldPrediction
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ticketfleet.settings import Settings
+from ticketfleet.core.settings import Settings
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
