@@ -59,8 +59,8 @@ from ticketfleet.core.settings import Settings  # noqa: E402
 from ticketfleet.engine import TransformersEngine, smollm2_gguf_path  # noqa: E402
 from ticketfleet.engine.drafting import generate_drafts, hf_greedy_generate, stop_token_ids  # noqa: E402
 from ticketfleet.engine.loading import LoadedModel, ResolvedModel, select_device  # noqa: E402
+from ticketfleet.engine.prefix_cache import prefix_cache  # noqa: E402
 from ticketfleet.engine.prompts import defuse, draft_messages, language_name  # noqa: E402
-from ticketfleet.engine.scoring import prefix_cache  # noqa: E402
 from ticketfleet.language import UNDETERMINED, detect_language  # noqa: E402
 
 SAMPLE = REPO / "ticketfleet" / "data" / "sample_tickets.jsonl"

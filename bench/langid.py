@@ -301,8 +301,9 @@ def llm_scores(items: list[Item], cache: Path | None) -> tuple[list[dict[str, fl
             return data["scores"], float(data["seconds"]), float(data["load_seconds"])
     from ticketfleet.core.settings import Settings
     from ticketfleet.engine import TransformersEngine, smollm2_gguf_path
+    from ticketfleet.engine.calibration import label_priors
     from ticketfleet.engine.prompts import LANGUAGE_NAMES, LabelField
-    from ticketfleet.engine.scoring import label_priors, score_fields
+    from ticketfleet.engine.scoring import score_fields
 
     try:
         path = smollm2_gguf_path()

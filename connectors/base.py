@@ -12,18 +12,21 @@ A connector does two things and nothing else:
   Connectors achieve this by embedding :attr:`WriteBack.marker` in the note and looking for it before
   posting. Drafts always go as internal/private notes or shared drafts, never as a public reply.
 
-Errors form a small tree, split the way a caller needs it (as in httpx):
+Errors form a small tree, split the way a caller needs it (as in httpx), and hung under the
+application's error tree (:mod:`ticketfleet.core.errors`), so a caller that knows no connector can
+still decide on the core branch::
 
-    ConnectorError
-    ├── RetryableError          try again later; the poller backs off
+    ConnectorError              TicketfleetError
+    ├── RetryableError          TransientError: try again later; the poller backs off
     │   ├── RateLimited         429 / quota; ``retry_after`` seconds when the server said
     │   ├── ServerError         5xx
     │   └── SourceTimeout       connect/read timeout, connection refused or reset
-    └── PermanentError          retrying the same call cannot help; a human must act
+    └── PermanentError          core PermanentError: retrying the same call cannot help; a human must act
         ├── AuthError           401 / 403: credentials wrong or lacking a permission
         ├── NotFound            404: the ticket or endpoint does not exist
         ├── BadResponse         malformed JSON, or JSON of an unexpected shape
-        └── ConfigError         the source's configuration is invalid (missing secret, bad URL)
+        └── ConfigError         also a ConfigurationError: the source's configuration is invalid
+                                (missing secret, bad URL, unknown option)
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ticketfleet.core import errors as core_errors
 from ticketfleet.core.inbound import InboundTicket
 
 
-class ConnectorError(Exception):
+class ConnectorError(core_errors.TicketfleetError):
     """Base of every error a connector raises. ``source`` names the configured source."""
 
     def __init__(self, message: str, *, source: str | None = None, status: int | None = None) -> None:
@@ -49,7 +53,7 @@ class ConnectorError(Exception):
         return f"{self.source}: {text}" if self.source else text
 
 
-class RetryableError(ConnectorError):
+class RetryableError(ConnectorError, core_errors.TransientError):
     """The same call may succeed later."""
 
 
@@ -74,7 +78,7 @@ class SourceTimeout(RetryableError):
     """Connecting or reading timed out, or the connection was refused or reset."""
 
 
-class PermanentError(ConnectorError):
+class PermanentError(ConnectorError, core_errors.PermanentError):
     """Retrying the same call cannot help."""
 
 
@@ -90,8 +94,8 @@ class BadResponse(PermanentError):
     """Malformed JSON or an unexpected shape."""
 
 
-class ConfigError(PermanentError):
-    """The source's configuration is invalid."""
+class ConfigError(PermanentError, core_errors.ConfigurationError):
+    """The source's configuration is invalid: the operator fixes the sources file or a secret."""
 
 
 class PullPage(BaseModel):

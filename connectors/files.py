@@ -1,186 +1,35 @@
-"""JSONL and CSV backlog files → validated :class:`InboundTicket` records, with a per-line error report.
+"""The ``files`` connector: a folder (a path or a glob) of JSONL/CSV files as a ticket source.
 
-A bad line never costs the good lines beside it: every line is decoded, parsed and validated on its
-own, and what is wrong is reported by line number and reason.
+Files are read incrementally: the cursor holds, per file, the byte offset just past the last complete
+line consumed (and the file's inode). An appended file is read from that offset; a file that shrank or
+was replaced (log rotation) is read again from the start, which ingest absorbs idempotently. A
+half-written last line is left for the next pull. Write-backs are appended to an outbox JSONL file,
+idempotently by key.
 
-JSONL: one ticket per line, the :class:`InboundTicket` shape (``text`` or ``messages``).
-CSV: a header row; columns ``external_id`` and ``text`` are required; optional ``source``, ``channel``,
-``subject``, ``role``, ``message_id``, ``created_at``, ``requester_name``, ``requester_email``,
-``locale``, ``country``. Rows sharing an ``external_id`` form one thread, in file order.
+What a line of such a file may hold, and how a bad line is reported, is the import file format
+(:mod:`connectors.import_format`), shared with ``ticketfleet import``.
 """
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import glob
-import io
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import ConfigError, Connector, NotFound, PullPage, WriteBack, WriteBackReceipt
+from connectors.import_format import FileFormatError, ParsedLine, parse_csv, parse_file, parse_jsonl
+from ticketfleet.core.errors import LineError
 from ticketfleet.core.inbound import InboundTicket
 
 if TYPE_CHECKING:
     from connectors.http import SourceHttp
-
-CSV_REQUIRED = ("external_id", "text")
-CSV_TICKET_FIELDS = ("source", "channel", "subject", "locale", "country")
-
-
-@dataclass(frozen=True)
-class LineError:
-    line: int
-    error: str
-    external_id: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "error": self.error, "external_id": self.external_id}
-
-
-@dataclass(frozen=True)
-class ParsedLine:
-    line: int
-    ticket: InboundTicket | None = None
-    error: LineError | None = None
-
-
-class FileFormatError(ValueError):
-    """The file as a whole cannot be read (unknown extension, CSV without the required header)."""
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "record"
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            parts.append(f"missing field '{where}'")
-        elif err["type"] == "extra_forbidden":
-            parts.append(f"unknown field '{where}'")
-        else:
-            parts.append(f"{where}: {message}" if where != "record" else message)
-    return "; ".join(parts)
-
-
-def _check_body_sizes(ticket: InboundTicket, max_body_chars: int) -> str | None:
-    for i, message in enumerate(ticket.messages):
-        if len(message.text) > max_body_chars:
-            return f"messages.{i}.text: {len(message.text)} characters, over the cap of {max_body_chars}"
-    return None
-
-
-def _validate(raw: object, line: int, max_body_chars: int) -> ParsedLine:
-    external_id = raw.get("external_id") if isinstance(raw, dict) else None
-    ext = str(external_id) if external_id is not None else None
-    if not isinstance(raw, dict):
-        return ParsedLine(line, error=LineError(line, f"expected a JSON object, got {type(raw).__name__}"))
-    try:
-        ticket = InboundTicket.model_validate(raw)
-    except ValidationError as exc:
-        return ParsedLine(line, error=LineError(line, describe_validation_error(exc), ext))
-    too_long = _check_body_sizes(ticket, max_body_chars)
-    if too_long:
-        return ParsedLine(line, error=LineError(line, too_long, ext))
-    return ParsedLine(line, ticket=ticket)
-
-
-def parse_jsonl(data: bytes, *, max_body_chars: int) -> Iterator[ParsedLine]:
-    for number, raw_line in enumerate(data.splitlines(), start=1):
-        if not raw_line.strip():
-            continue
-        try:
-            text = raw_line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield ParsedLine(number, error=LineError(number, f"invalid UTF-8 at byte {exc.start}"))
-            continue
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield ParsedLine(
-                number, error=LineError(number, f"malformed JSON: {exc.msg} at column {exc.colno}")
-            )
-            continue
-        yield _validate(raw, number, max_body_chars)
-
-
-def parse_csv(
-    data: bytes, *, max_body_chars: int, first_line: int = 1, ids_from_lines: bool = False
-) -> Iterator[ParsedLine]:
-    """``first_line``: the file line number of ``data``'s header (a chunk read from an offset).
-    ``ids_from_lines``: rows without ``message_id`` get ``line-<n>``, so a thread split across two
-    incremental reads keeps distinct, stable message ids."""
-    # surrogateescape keeps undecodable bytes visible per row instead of failing the whole file.
-    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
-    missing = [c for c in CSV_REQUIRED if c not in header]
-    if missing:
-        raise FileFormatError(f"CSV header lacks required column(s): {', '.join(missing)}")
-    threads: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
-    errors: list[ParsedLine] = []
-    for row in reader:
-        number = reader.line_num + first_line - 1
-        if any(isinstance(v, str) and _has_surrogates(v) for v in row.values()):
-            errors.append(
-                ParsedLine(number, error=LineError(number, "invalid UTF-8 in row", row.get("external_id")))
-            )
-            continue
-        if None in row:
-            errors.append(ParsedLine(number, error=LineError(number, "more fields than the header names")))
-            continue
-        external_id = (row.get("external_id") or "").strip()
-        key = ((row.get("source") or "").strip(), external_id)
-        message = {
-            "role": (row.get("role") or "customer").strip() or "customer",
-            "text": row.get("text") or "",
-            "external_id": (row.get("message_id") or "").strip()
-            or (f"line-{number}" if ids_from_lines else None),
-            "created_at": (row.get("created_at") or "").strip() or None,
-        }
-        if key not in threads:
-            record: dict[str, Any] = {"external_id": external_id, "messages": []}
-            for name in CSV_TICKET_FIELDS:
-                value = (row.get(name) or "").strip()
-                if value:
-                    record[name] = value
-            requester = {k: v for k in ("name", "email") if (v := (row.get(f"requester_{k}") or "").strip())}
-            if requester:
-                record["requester"] = requester
-            threads[key] = (number, record)
-        threads[key][1]["messages"].append(message)
-    yield from errors
-    for number, record in threads.values():
-        yield _validate(record, number, max_body_chars)
-
-
-def _has_surrogates(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
-
-
-def parse_file(path: Path, *, max_body_chars: int) -> Iterator[ParsedLine]:
-    suffix = path.suffix.lower()
-    data = path.read_bytes()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return parse_jsonl(data, max_body_chars=max_body_chars)
-    if suffix == ".csv":
-        return parse_csv(data, max_body_chars=max_body_chars)
-    raise FileFormatError(f"{path.name}: unknown file type {suffix!r}; expected .jsonl or .csv")
-
-
-# --- the files connector ---------------------------------------------------------------------------
-#
-# Files are read incrementally: the cursor holds, per file, the byte offset just past the last
-# complete line consumed (and the file's inode). An appended file is read from that offset; a file
-# that shrank or was replaced (log rotation) is read again from the start, which ingest absorbs
-# idempotently. A half-written last line is left for the next pull.
 
 
 class FilesOptions(BaseModel):

@@ -1,5 +1,10 @@
 """IMAP e-mail connector: new messages of a mailbox become ticket threads; drafts go back to Drafts.
 
+Why one module past 400 lines: it is one protocol client. Pull, threading and write-back share one
+IMAP session (SELECT/EXAMINE state, UIDVALIDITY, the mailbox lookups of a thread's root), so splitting
+them would only pass that session around. What is not IMAP already lives apart: parsing a message
+(:mod:`connectors.email_message`) and turning its body into text (:mod:`connectors.email_text`).
+
 Pull
     Messages with a UID above the cursor's, ``page_size`` per page, in UID order. The cursor is
     ``UIDVALIDITY:UID``. When the server's UIDVALIDITY differs from the cursor's (the mailbox was
@@ -57,8 +62,8 @@ from connectors.base import (
     WriteBackReceipt,
 )
 from connectors.email_message import ParsedMail, fit_id, parse_mail, strip_reply_prefix
-from connectors.files import describe_validation_error
 from connectors.http import SourceHttp
+from ticketfleet.core.errors import describe_validation_error
 from ticketfleet.core.inbound import InboundMessage, InboundTicket, Requester
 from ticketfleet.core.vocabulary import Channel, Role
 
@@ -592,6 +597,8 @@ class ImapConnector(Connector):
     def _draft(
         self, thread: list[tuple[int, ParsedMail, str]], write_back: WriteBack, key: str
     ) -> EmailMessage:
+        if write_back.note is None:
+            raise ValueError("an IMAP draft needs a note; push saves one only for write-backs with a note")
         mails = [mail for _, mail, _ in thread]
         customers = [m for m in mails if not self._is_agent(m)] or mails
         root = next((m for m in mails if m.message_id == write_back.ticket_external_id), mails[0])
@@ -617,7 +624,6 @@ class ImapConnector(Connector):
         draft["In-Reply-To"] = parent.message_id
         draft["References"] = " ".join(references)
         draft[KEY_HEADER] = key
-        assert write_back.note is not None
         draft.set_content(f"{write_back.note}\n\n{write_back.marker}\n")
         return draft
 

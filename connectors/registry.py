@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from connectors.base import ConfigError, Connector
 from connectors.http import RequestBudget, SourceHttp
+from ticketfleet.core.errors import describe_validation_error
 
 if TYPE_CHECKING:
     from connectors.sources_file import SourceConfig
@@ -78,7 +79,7 @@ def build_connector(source: SourceConfig) -> Connector:
     except ValidationError as exc:
         if http is not None:
             http.client.close()
-        raise ConfigError(f"options: {exc}", source=source.name) from exc
+        raise ConfigError(describe_validation_error(exc, prefix="options."), source=source.name) from exc
     except Exception:
         if http is not None:
             http.client.close()

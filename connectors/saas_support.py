@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from connectors.base import BadResponse, ConfigError, Connector, WriteBack, WriteBackReceipt
-from connectors.files import describe_validation_error
 from connectors.http import SourceHttp, decode_json
 from connectors.window_cursor import Hit, parse_timestamp
+from ticketfleet.core.errors import describe_validation_error
 from ticketfleet.core.inbound import InboundTicket, Requester
 
 __all__ = ["decode_json"]  # re-exported: the connectors import their HTTP helpers from here

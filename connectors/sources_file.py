@@ -28,12 +28,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from ticketfleet.core.errors import ConfigurationError, describe_validation_error
+
 SECRET_SUFFIX = "_env"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
-class SourcesFileError(ValueError):
-    """The sources file cannot be used; the message names file, source and field."""
+class SourcesFileError(ValueError, ConfigurationError):
+    """The sources file cannot be used; the message names file, source and field.
+
+    A :class:`ConfigurationError` (the operator fixes the file); still a ``ValueError`` for callers
+    written before the application error tree.
+    """
 
 
 class SourceConfig(BaseModel):
@@ -156,7 +162,7 @@ def _parse_source(entry: dict[str, Any], env: Any, require_secrets: bool) -> Sou
     try:
         source = SourceConfig.model_validate({**fields, "secrets": secrets})
     except ValidationError as exc:
-        raise SourcesFileError(_describe(exc)) from exc
+        raise SourcesFileError(describe_validation_error(exc)) from exc
     return source.model_copy(update={"options": _validate_options(source.kind, options)})
 
 
@@ -173,18 +179,7 @@ def _validate_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     try:
         return model.model_validate(options).model_dump()
     except ValidationError as exc:
-        raise SourcesFileError(_describe(exc, prefix="options.")) from exc
-
-
-def _describe(exc: ValidationError, prefix: str = "") -> str:
-    parts = []
-    for err in exc.errors():
-        where = prefix + ".".join(str(p) for p in err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{where}: {message}")
-    return "; ".join(parts)
+        raise SourcesFileError(describe_validation_error(exc, prefix="options.")) from exc
 
 
 def load_configured_sources(settings: Any, *, require_secrets: bool = True) -> SourcesFile:

@@ -36,8 +36,8 @@ from connectors.base import (
     WriteBack,
     WriteBackReceipt,
 )
-from connectors.files import describe_validation_error
 from connectors.http import SourceHttp
+from ticketfleet.core.errors import describe_validation_error
 from ticketfleet.core.inbound import InboundTicket
 
 EXPORT_PATH = "/api/v2/incremental/tickets/cursor.json"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Dovecot's IMAP server for tests/test_connector_imap.py (Debian's dovecot-imapd). Idempotent and
+# Installs Dovecot's IMAP server for tests/connectors/test_connector_imap.py (Debian's dovecot-imapd). Idempotent and
 # quick when already installed. The tests start their own `dovecot -F -c CONF` on a free loopback port, so
 # the system instance the package would start is kept from starting (and stopped if it runs): it would
 # hold ports 143/993 for nothing.

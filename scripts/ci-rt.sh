@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Request Tracker 5 (Debian's request-tracker5 + the SQLite backend) for the RT connector tests
-# (tests/test_connector_rt.py start their own rt-server on a throwaway SQLite database, so nothing is
+# (tests/connectors/test_connector_rt.py start their own rt-server on a throwaway SQLite database, so nothing is
 # configured or started here). Idempotent: a quick no-op when the packages are already installed.
 set -euo pipefail
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: real PostgreSQL and Redis, a migrated throwaway database, the tiny Qwen2.5 model.
+"""Shared fixtures: real PostgreSQL and Redis, a migrated throwaway database, the tiny Qwen2.5 model
+and a stub engine.
 
 Services: ``TICKETFLEET_DATABASE_URL`` / ``TICKETFLEET_REDIS_URL`` when set (CI points them at the
 machine's PostgreSQL and Redis), else embedded servers started from the pip wheels. Either way each
@@ -19,7 +20,9 @@ import pytest
 from sqlalchemy.orm import Session
 
 from db.migrate import upgrade
+from db.models import Base
 from db.session import get_engine, normalise_url
+from tests.fakes.engine import STUB_MODEL_ID, StubEngine
 from tests.fakes.zendesk import FakeZendesk
 from tests.support.audit import truncate_tables
 from ticketfleet.core.settings import Settings
@@ -29,19 +32,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # One PII vault key per test session, in the environment so that every Settings() (the fixture's, the
 # CLI's get_settings(), worker subprocesses) agrees on it. Production must set its own.
 os.environ.setdefault("TICKETFLEET_PII_KEY", base64.b64encode(os.urandom(32)).decode())
-TABLES = (
-    "write_backs",
-    "source_health",
-    "pii_vault",
-    "audit_events",
-    "audit_chain_head",
-    "drafts",
-    "triage_results",
-    "work_items",
-    "messages",
-    "tickets",
-    "connector_cursors",
-    "sources",
+# Every table of the store, children first (the reverse of SQLAlchemy's dependency order), so a test
+# that commits can be cleaned up after; a table added to db/models.py is included without edits here.
+# Alembic's own bookkeeping table is not a model, and is excluded should it ever become one.
+TABLES = tuple(
+    table.name for table in reversed(Base.metadata.sorted_tables) if table.name != "alembic_version"
 )
 
 
@@ -118,17 +113,31 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_qwen(cache, tied=False)
 
 
-@pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str, tiny_model_dir: Path) -> Settings:
+def _service_settings(database_url: str, redis_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {"max_new_tokens": 8, "batch_size": 4, "max_wait_ms": 20}
+    values.update(overrides)
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
-        model=str(tiny_model_dir),
-        max_new_tokens=8,
-        batch_size=4,
-        max_wait_ms=20,
         _env_file=None,  # type: ignore[call-arg]
+        **values,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture(scope="session")
+def store_settings(database_url: str, redis_url: str) -> Settings:
+    """Settings for the test database and Redis with the stub engine as ``engine_factory``: for tests
+    that drive the pipeline with ``stub_engine``, so they load neither the tiny model nor torch."""
+    return _service_settings(
+        database_url, redis_url, model=STUB_MODEL_ID, engine_factory="tests.fakes.engine:make"
+    )
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str, tiny_model_dir: Path) -> Settings:
+    """Settings for the test database and Redis with the tiny Qwen2.5 model: for tests that run the
+    real engine or worker processes."""
+    return _service_settings(database_url, redis_url, model=str(tiny_model_dir))
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +145,12 @@ def engine(settings: Settings):  # type: ignore[no-untyped-def]
     from ticketfleet.engine import TransformersEngine
 
     return TransformersEngine.from_settings(settings)
+
+
+@pytest.fixture
+def stub_engine() -> StubEngine:
+    """A deterministic engine without a model (tests/fakes/engine.py); fresh per test (it records calls)."""
+    return StubEngine()
 
 
 @pytest.fixture

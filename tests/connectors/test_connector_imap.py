@@ -635,7 +635,7 @@ def test_from_config_reads_the_password_from_secrets_or_env(
         from_config("mail", options, {}, None)
     with pytest.raises(ConfigError, match="support_address"):
         from_config("mail", {**options, "support_address": "nobody"}, {}, None)
-    with pytest.raises(ConfigError, match="unknown field 'colour'"):
+    with pytest.raises(ConfigError, match="colour: unknown field"):
         from_config("mail", {**options, "colour": "blue"}, {}, None)
 
 

@@ -63,8 +63,11 @@ path = "{tmp_path}/x.jsonl"
     [
         ('name = "a"\nkind = "nope"', "source 'a': kind: unknown kind 'nope'"),
         ('name = "a"\nkind = "files"\nlane = "fast"\n[sources.options]\npath = "x"', "source 'a': lane:"),
-        ('name = "a"\nkind = "files"\n[sources.options]\npath = "x"\npage_sise = 3', "options.page_sise"),
-        ('name = "a"\nkind = "files"\n[sources.options]\npage_size = 3', "options.path: Field required"),
+        (
+            'name = "a"\nkind = "files"\n[sources.options]\npath = "x"\npage_sise = 3',
+            "source 'a': options.page_sise: unknown field",
+        ),
+        ('name = "a"\nkind = "files"\n[sources.options]\npage_size = 3', "options.path: field required"),
         ('name = "a"\nkind = "files"\ntoken_env = "TF_UNSET_VAR"', "token_env: environment variable"),
         ('name = "a"\nkind = "files"\npoll_interval_seconds = 0', "poll_interval_seconds:"),
         ('name = "a b"\nkind = "files"', "name: String should match pattern"),

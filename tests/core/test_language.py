@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ticketfleet.engine import language
+from ticketfleet import language
 from ticketfleet.engine.prompts import LANGUAGE_NAMES
 from ticketfleet.language import (
     SUPPORTED_LANGUAGES,

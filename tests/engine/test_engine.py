@@ -7,6 +7,8 @@ batching, padding, trimming, errors), never the quality of a label or a draft.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import torch
 
 from ticketfleet.core.schemas import INTENTS, PRIORITIES, SENTIMENTS, Engine, EngineInput, ThreadMessage
 from ticketfleet.core.settings import Settings
+from ticketfleet.core.vocabulary import PROMPT_VERSION
 from ticketfleet.engine import (
     CALIBRATED_FIELDS,
     ModelLoadError,
@@ -26,19 +29,16 @@ from ticketfleet.engine import (
 )
 from ticketfleet.engine import engine as engine_module
 from ticketfleet.engine.drafting import (
-    MESSAGE_OVERHEAD_TOKENS,
     decode_drafts,
     generate_drafts,
     hf_greedy_generate,
     left_pad,
     stop_token_ids,
-    trim_thread,
 )
 from ticketfleet.engine.loading import LoadedModel
 from ticketfleet.engine.prompts import (
     CLOSE_FENCE,
     OPEN_FENCE,
-    PROMPT_VERSION,
     TRIAGE_FIELDS,
     draft_messages,
     draft_system_prompt,
@@ -48,6 +48,7 @@ from ticketfleet.engine.prompts import (
     triage_messages,
 )
 from ticketfleet.engine.scoring import ScoreRequest, score_fields, score_fields_and_continue, score_options
+from ticketfleet.engine.trimming import MESSAGE_OVERHEAD_TOKENS, trim_thread
 from ticketfleet.language import detect_language
 
 # tiny_qwen_dir, tiny_engine: the tiny Qwen2.5 model, built once per session.
@@ -105,6 +106,26 @@ def test_engine_satisfies_protocol_and_identity(tiny_engine: TransformersEngine,
     assert tiny_engine.model_id == str(tiny_qwen_dir)
     assert tiny_engine.model_revision == "local"
     assert tiny_engine.prompt_version == PROMPT_VERSION == "v2"
+
+
+def test_draft_instructions_are_the_draft_system_prompt(tiny_engine: TransformersEngine) -> None:
+    """What the draft checks compare a draft against: system prompt and reply turn, per language."""
+    assert tiny_engine.draft_instructions("de") == draft_system_prompt("German")
+    assert tiny_engine.draft_instructions("de").endswith("Reply in German.")
+    assert tiny_engine.draft_instructions("xx") == draft_system_prompt(None)
+
+
+def test_naming_the_engine_does_not_import_torch() -> None:
+    """Producers import ``ticketfleet.engine`` (its loading and prompts) without paying for torch."""
+    code = (
+        "import sys\n"
+        "import ticketfleet.engine, ticketfleet.engine.loading, ticketfleet.engine.prompts\n"
+        "from ticketfleet.engine import ModelLoadError, resolve_model\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "from ticketfleet.engine import TransformersEngine\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_labels_are_allowed_and_confidences_sum_to_one(tiny_engine: TransformersEngine) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from connectors.files import FileFormatError, parse_csv, parse_jsonl
+from connectors.import_format import FileFormatError, parse_csv, parse_jsonl
 from db.models import ItemState, Message, Ticket, WorkItem
 from db.session import transaction
 from ticketfleet.core.settings import Settings
@@ -38,7 +38,7 @@ def test_each_kind_of_bad_line_is_reported_and_good_lines_survive() -> None:
     errors = {p.error.line: p.error.error for p in parsed if p.error}
     assert good == ["ok-1", "ok-2"]
     assert "malformed JSON" in errors[2]
-    assert "missing field 'external_id'" in errors[3]
+    assert "external_id: field required" in errors[3]
     assert "invalid UTF-8" in errors[4]
     assert "text" in errors[5]
     assert "over the cap of 100" in errors[6]
@@ -106,9 +106,8 @@ def test_follow_up_message_is_appended_to_the_thread(
 def test_live_lane_routes_by_channel_and_queues_after_commit(
     clean_db: str, settings: Settings, flushed_redis: str, tmp_path: Path
 ) -> None:
-    from ticketfleet.broker import lane_depths
+    from ticketfleet.broker import app, configure, lane_depths
     from ticketfleet.services import redis_client
-    from ticketfleet.broker import app, configure
 
     configure(app, settings, flushed_redis)
     path = tmp_path / "live.jsonl"
@@ -150,8 +149,8 @@ def test_queue_messages_carry_ids_only(
 ) -> None:
     import base64
 
-    from ticketfleet.services import redis_client
     from ticketfleet.broker import app, configure
+    from ticketfleet.services import redis_client
 
     configure(app, settings, flushed_redis)
     secret = "card 4111 1111 1111 1111, call me at +44 20 7946 0958"

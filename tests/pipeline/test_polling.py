@@ -38,11 +38,11 @@ def _write(tmp_path: Path, ids: list[str]) -> None:
 
 
 @pytest.fixture
-def poll_settings(settings: Settings, flushed_redis: str) -> Settings:
+def poll_settings(store_settings: Settings, flushed_redis: str) -> Settings:
     from ticketfleet.broker import app, configure
 
-    configure(app, settings, flushed_redis)
-    return settings
+    configure(app, store_settings, flushed_redis)
+    return store_settings
 
 
 class FailingAfter(Connector):

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from connectors.sources_file import SourceConfig
 from db.models import AuditEvent, Draft, Message, TriageResult, WorkItem, WriteBackRow, WriteBackState
 from db.session import transaction
+from tests.fakes.engine import REPLIES, StubEngine
 from tests.fakes.zendesk import FakeZendesk
 from ticketfleet.core.settings import Settings
 from ticketfleet.core.vocabulary import RunIdentity
@@ -43,11 +44,11 @@ def zendesk() -> Iterator[tuple[FakeZendesk, str]]:
 
 
 @pytest.fixture
-def wb_settings(settings: Settings, flushed_redis: str) -> Settings:
+def wb_settings(store_settings: Settings, flushed_redis: str) -> Settings:
     from ticketfleet.broker import app, configure
 
-    configure(app, settings, flushed_redis)
-    return settings
+    configure(app, store_settings, flushed_redis)
+    return store_settings
 
 
 def _source(api: FakeZendesk, base_url: str, *, write_back: bool = True) -> SourceConfig:
@@ -242,9 +243,10 @@ def test_a_processed_batch_writes_back_end_to_end(
     wb_settings: Settings,
     clean_db: str,
     tmp_path: Path,
-    engine,  # type: ignore[no-untyped-def]
+    stub_engine: StubEngine,
 ) -> None:
-    """Poll → real (tiny) engine batch → write-back planned after the commit → pushed to Zendesk."""
+    """Poll → engine batch (the deterministic stub) → write-back planned after the commit → pushed to
+    Zendesk: the labels as tags and the checked draft as the one private note."""
     from ticketfleet.core.settings import GatePolicy
     from ticketfleet.pipeline.processing import process_lane_batch
 
@@ -256,21 +258,30 @@ def test_a_processed_batch_writes_back_end_to_end(
         f'[[sources]]\nname = "zd"\nkind = "zendesk"\nbase_url = "{base_url}"\nwrite_back = true\n'
         f'token_env = "TF_TEST_ZD_TOKEN"\n[sources.options]\nemail = "{api.email}"\n'
     )
-    # Every field at the auto gate, so the tiny model's labels are all written back.
+    # Every field at the auto gate, so all four labels are written back.
     everything_auto = {f: GatePolicy(review_below=0.0, auto_at=0.0) for f in GATES}
     settings = wb_settings.model_copy(update={"sources_file": sources_file, "gates": everything_auto})
     report = process_lane_batch(
-        "tickets", [item_id], engine=engine, settings=settings, database_url=clean_db, worker="t"
+        "tickets", [item_id], engine=stub_engine, settings=settings, database_url=clean_db, worker="t"
     )
     assert report.done == 1
     with transaction(clean_db) as session:
         row = session.execute(select(WriteBackRow)).scalar_one()
         result = session.get(TriageResult, row.triage_result_id)
+        draft = session.get(Draft, row.draft_id) if row.draft_id is not None else None
     assert row.state == WriteBackState.pending and result is not None
+    assert draft is not None and draft.check_result == "passed", "the stub's draft passes its checks"
+    assert (result.language, result.intent) == ("en", "refund")
     pushed = run_write_back(row.id, settings, sources=[source])
     assert pushed.state == "done", pushed.error
-    assert f"tf-intent-{result.intent}" in api.tickets[zendesk_id]["tags"]
-    assert f"tf-lang-{result.language}" in api.tickets[zendesk_id]["tags"]
+    assert set(api.tickets[zendesk_id]["tags"]) >= {
+        f"tf-lang-{result.language}",
+        f"tf-intent-{result.intent}",
+        f"tf-sentiment-{result.sentiment}",
+        f"tf-priority-{result.priority}",
+    }
+    notes = [c["body"] for c in api.comments[zendesk_id] if not c["public"]]
+    assert len(notes) == 1 and notes[0].startswith(REPLIES["en"] + "\n\n[ticketfleet:"), notes
 
 
 def test_a_write_back_whose_message_was_lost_is_resent_by_the_poll_sweep(

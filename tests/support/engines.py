@@ -39,6 +39,9 @@ class FaultInjectingEngine:
         self._check(items)
         return self.inner.classify(items)
 
+    def draft_instructions(self, language: str) -> str:
+        return self.inner.draft_instructions(language)
+
     @staticmethod
     def _check(items: list[EngineInput]) -> None:
         for item in items:

@@ -34,7 +34,8 @@ def unauthenticated(message: str, **extra: Any) -> ApiError:
 
 
 async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+    if not isinstance(exc, ApiError):  # registered for ApiError only; anything else is a bug upstream
+        raise exc
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 

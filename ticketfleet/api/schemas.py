@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ticketfleet.core.errors import validation_problems
 from ticketfleet.core.inbound import MAX_ID_LENGTH, InboundMessage, InboundTicket, Requester
 from ticketfleet.core.vocabulary import Channel, Role
 
@@ -53,16 +54,7 @@ class FieldError(BaseModel):
 
 def field_errors(exc: ValidationError) -> list[FieldError]:
     """Pydantic's errors as (dotted field path, plain reason); record-level rules name ``record``."""
-    out = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "record"
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            message = "field required"
-        elif err["type"] == "extra_forbidden":
-            message = "unknown field"
-        out.append(FieldError(field=where, message=message))
-    return out
+    return [FieldError(field=where, message=message) for where, message in validation_problems(exc)]
 
 
 class StoredMessage(BaseModel):

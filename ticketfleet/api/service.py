@@ -1,9 +1,12 @@
 """The API's work, kept out of the routes: validate → store + queue (one transaction) → reply.
 
 Routes hand this module the authenticated source and the parsed JSON; it answers typed replies or
-raises :class:`ApiError`. Storing goes through :func:`ticketfleet.intake.store_and_queue`, the same
-path as ``ticketfleet import``: idempotent on (source, external id) per ticket and message, work items
-created in the same transaction, wake-ups (ids only) sent after the commit.
+raises :class:`ApiError`. Storing goes through :func:`ticketfleet.pipeline.intake.store_and_queue`, the
+same path as ``ticketfleet import``: idempotent on (source, external id) per ticket and message, work
+items created in the same transaction, wake-ups (ids only) sent after the commit.
+
+One module of ~400 lines on purpose: it is the one class behind every route (ingest, read, draft
+decisions, vendor hooks, health), each a short method; state changes live in ``db/``.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def import_(
 ) -> None:
     """Import a JSONL or CSV file. Idempotent on (source, external id); bad lines are reported, good
     lines are imported."""
-    from connectors.files import FileFormatError
+    from connectors.import_format import FileFormatError
     from ticketfleet.pii.vault import PiiKeyError
     from ticketfleet.pipeline.importing import import_file
 

@@ -14,6 +14,9 @@ Connectors have their own tree under these branches (``connectors/base.py``: ``C
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from pydantic import ValidationError
 
 
@@ -31,6 +34,19 @@ class TransientError(TicketfleetError):
 
 class PermanentError(TicketfleetError):
     """The input or the call cannot succeed as it is; retrying it would fail the same way."""
+
+
+@dataclass(frozen=True)
+class LineError:
+    """One bad line of a file or stream (import, ``classify``, ``redact``): where and why, never the
+    line's content. The good lines beside it are processed."""
+
+    line: int
+    error: str
+    external_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "error": self.error, "external_id": self.external_id}
 
 
 def validation_problems(

@@ -95,3 +95,10 @@ class Engine(Protocol):
     def classify(self, items: list[EngineInput]) -> list[Triage]:
         """Triage only, no drafts (the ``ticketfleet classify`` path)."""
         ...
+
+    def draft_instructions(self, language: str) -> str:
+        """The system instructions a draft in ``language`` (ISO 639-1) was generated under.
+
+        The draft checks compare a draft against them to catch an echoed prompt.
+        """
+        ...

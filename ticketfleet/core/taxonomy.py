@@ -19,13 +19,17 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ticketfleet.core.errors import ConfigurationError, describe_validation_error
 from ticketfleet.core.settings import Settings
 
-DEFAULT_TAXONOMY = Path(__file__).parent / "data" / "intents.json"
+DEFAULT_TAXONOMY = Path(__file__).parent.parent / "data" / "intents.json"
 
 
-class TaxonomyError(ValueError):
-    """The taxonomy file cannot be used; the message names the file and what is wrong."""
+class TaxonomyError(ValueError, ConfigurationError):
+    """The taxonomy file cannot be used; the message names the file and what is wrong.
+
+    A :class:`ConfigurationError`; still a ``ValueError`` for callers that catch that.
+    """
 
 
 class IntentLabel(BaseModel):
@@ -71,9 +75,7 @@ def load_taxonomy(path: Path | None = None) -> Taxonomy:
     except OSError as exc:
         raise TaxonomyError(f"intent taxonomy {source}: cannot read it ({exc.strerror})") from exc
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = describe_validation_error(exc, whole="file")
         raise TaxonomyError(f"intent taxonomy {source}: {problems}") from exc
 
 

@@ -20,20 +20,15 @@ from ticketfleet.core.schemas import (
 )
 from ticketfleet.core.settings import Settings, get_settings
 from ticketfleet.core.taxonomy import effective_prompt_version, load_taxonomy
-from ticketfleet.core.vocabulary import Role
-from ticketfleet.engine.drafting import (
-    Generated,
-    decode_drafts,
-    fast_decoding,
-    generate_drafts,
-    trim_thread,
-    truncate_to_tokens,
-)
+from ticketfleet.core.vocabulary import SUPPORTED_PROMPT_VERSIONS, Role
+from ticketfleet.engine.calibration import FieldScores, label_priors
+from ticketfleet.engine.drafting import Generated, decode_drafts, fast_decoding, generate_drafts
 from ticketfleet.engine.injection import screen
 from ticketfleet.engine.loading import LoadedModel, load_model, resolve_model, select_device
+from ticketfleet.engine.prefix_cache import DecodeStart
 from ticketfleet.engine.prompts import (
-    SUPPORTED_PROMPT_VERSIONS,
     defuse,
+    draft_system_prompt,
     draft_turn,
     language_name,
     system_prompt,
@@ -41,13 +36,8 @@ from ticketfleet.engine.prompts import (
     triage_fields,
     triage_turn,
 )
-from ticketfleet.engine.scoring import (
-    DecodeStart,
-    FieldScores,
-    label_priors,
-    score_fields,
-    score_fields_and_continue,
-)
+from ticketfleet.engine.scoring import score_fields, score_fields_and_continue
+from ticketfleet.engine.trimming import trim_thread, truncate_to_tokens
 from ticketfleet.language import UNDETERMINED, detect_language
 
 log = logging.getLogger(__name__)
@@ -190,6 +180,11 @@ class TransformersEngine:
                 )
             )
         return outputs
+
+    def draft_instructions(self, language: str) -> str:
+        """Every instruction a draft in ``language`` (ISO 639-1) is written under: system prompt and
+        reply turn. The draft checks compare a draft against it to catch an echoed prompt."""
+        return draft_system_prompt(language_name(language))
 
     def draft_prompt(self, item: EngineInput) -> list[int]:
         """Token ids of the draft prompt ``process`` decodes from for ``item`` (after screening)."""

@@ -3,6 +3,9 @@
 Workers run without internet access, so nothing here ever contacts the Hugging Face hub
 (``local_files_only=True`` everywhere). A model that is not on disk is a configuration error, and the
 error says exactly what was looked for and how to fix it.
+
+torch is imported only by the functions that need it (``select_device``, ``load_model``): resolving a
+model, as producers and the CLI do, must not pay for it.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from ticketfleet.core.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
 
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -160,6 +164,8 @@ def smollm2_gguf_path() -> Path | None:
 
 def select_device(setting: str) -> torch.device:
     """``auto`` means the first GPU when there is one, else the CPU."""
+    import torch
+
     wanted = setting.strip().lower() or "auto"
     if wanted == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,6 +188,7 @@ def load_model(resolved: ResolvedModel, device: torch.device) -> LoadedModel:
     bf16 on CUDA (half the memory, native tensor-core type); fp32 on CPU, where bf16 matmuls are slow
     on most hardware and fp32 keeps batched and unbatched scores numerically comparable.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

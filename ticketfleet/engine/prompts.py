@@ -5,7 +5,8 @@ look-alikes and the tokenizer's special-token strings are defused first), and th
 outright that fenced text is data. Triage and draft prompts of an item share everything up to the end
 of the thread (one system prompt for every channel and language, then the thread) and differ only in
 a short last turn, so the engine reads each thread once for both. Changing any wording here changes
-model behaviour, so bump ``PROMPT_VERSION`` (recorded with every result) when you do.
+model behaviour, so bump ``PROMPT_VERSION`` (ticketfleet/core/vocabulary.py, recorded with every
+result) when you do.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 
 from ticketfleet.core.schemas import INTENTS, PRIORITIES, SENTIMENTS, Channel
 
-PROMPT_VERSION = "v2"
-SUPPORTED_PROMPT_VERSIONS: tuple[str, ...] = (PROMPT_VERSION,)
+# The version lives with the fleet's shared words (settings and stored results name it too); these
+# names stay importable from here for the tests that already do.
+from ticketfleet.core.vocabulary import PROMPT_VERSION as PROMPT_VERSION
+from ticketfleet.core.vocabulary import SUPPORTED_PROMPT_VERSIONS as SUPPORTED_PROMPT_VERSIONS
 
 OPEN_FENCE = "<<<CUSTOMER MESSAGE>>>"
 CLOSE_FENCE = "<<<END CUSTOMER MESSAGE>>>"

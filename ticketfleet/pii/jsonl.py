@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from ticketfleet.core.errors import LineError, describe_validation_error
 from ticketfleet.pii.redactor import redact_text
 
 
@@ -31,18 +31,6 @@ class RedactResponse(BaseModel):
     text: str
 
 
-@dataclass(frozen=True)
-class LineError:
-    line: int
-    error: str
-
-
-def _describe(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'line'}: {e['msg']}" for e in error.errors(include_url=False)
-    )
-
-
 def redact_jsonl(lines: Iterable[str], out: TextIO) -> list[LineError]:
     errors: list[LineError] = []
     for number, line in enumerate(lines, start=1):
@@ -52,7 +40,7 @@ def redact_jsonl(lines: Iterable[str], out: TextIO) -> list[LineError]:
             request = RedactRequest.model_validate_json(line)
         except ValidationError as exc:
             # Never echo the line itself: it is the unredacted text.
-            errors.append(LineError(number, _describe(exc)))
+            errors.append(LineError(number, describe_validation_error(exc, whole="line")))
             continue
         text = redact_text(request.text, locale=request.locale, country=request.country)
         out.write(json.dumps(RedactResponse(id=request.id, text=text).model_dump(), ensure_ascii=False))

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ticketfleet.core.errors import ConfigurationError
 from ticketfleet.core.settings import Settings
 
 KEY_BYTES = 32
@@ -33,8 +34,11 @@ NONCE_BYTES = 12
 DEV_KEY_FILE = "pii.key"
 
 
-class PiiKeyError(RuntimeError):
-    """The vault key is missing, malformed, or not the one the data was written with."""
+class PiiKeyError(RuntimeError, ConfigurationError):
+    """The vault key is missing, malformed, or not the one the data was written with.
+
+    A :class:`ConfigurationError`; still a ``RuntimeError`` for callers that catch that.
+    """
 
 
 class PiiKeyMissing(PiiKeyError):

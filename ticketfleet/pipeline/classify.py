@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connectors.files import LineError, describe_validation_error
+from ticketfleet.core.errors import LineError, describe_validation_error
 from ticketfleet.core.schemas import Engine, EngineInput, ThreadMessage, Triage
 from ticketfleet.core.settings import TRIAGE_FIELD_NAMES, GatePolicy
 from ticketfleet.core.vocabulary import Role

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors.files import LineError, ParsedLine, parse_file
+from connectors.import_format import ParsedLine, parse_file
+from ticketfleet.core.errors import LineError
 from ticketfleet.core.inbound import InboundTicket
 from ticketfleet.core.settings import Settings
 from ticketfleet.pipeline.dispatch import LaneUnsent

@@ -26,7 +26,6 @@ from db.work import mark_done, mark_failed
 from ticketfleet.core.schemas import Engine, EngineInput, EngineOutput
 from ticketfleet.core.settings import Settings
 from ticketfleet.core.vocabulary import RunIdentity
-from ticketfleet.engine.prompts import draft_system_prompt, language_name
 from ticketfleet.pipeline.batching import claim_batch
 from ticketfleet.pipeline.draft_checks import check_draft
 from ticketfleet.pipeline.gates import apply_gates, needs_review
@@ -68,7 +67,7 @@ def process_lane_batch(
         if item.id not in inputs:
             errors[item.id] = "message no longer exists"
 
-    reviews = {o.item_id: review_output(o, inputs[o.item_id], settings) for o in outputs}
+    reviews = {o.item_id: review_output(o, inputs[o.item_id], settings, engine) for o in outputs}
     dead = failed = new_results = 0
     with transaction(database_url) as session:
         audit = AuditTrail(worker)
@@ -114,8 +113,8 @@ def _write_back_after_commit(
         log.exception("planning write-backs failed; the results are stored")
 
 
-def review_output(output: EngineOutput, item: EngineInput, settings: Settings) -> Review:
-    """Gates per field, and the draft check when a draft was due."""
+def review_output(output: EngineOutput, item: EngineInput, settings: Settings, engine: Engine) -> Review:
+    """Gates per field, and the draft check when a draft was due (against ``engine``'s instructions)."""
     gates = apply_gates(output.triage, settings.gates)
     draft_check = None
     if item.want_draft:
@@ -124,7 +123,7 @@ def review_output(output: EngineOutput, item: EngineInput, settings: Settings) -
             output.draft,
             language=language,
             customer_texts=[m.text for m in item.thread if m.role == "customer"],
-            instructions=draft_system_prompt(language_name(language)),
+            instructions=engine.draft_instructions(language),
         )
     # Text addressed to the AI is removed before the model reads it, and a human looks at the ticket.
     flagged = needs_review(gates) or output.injection_suspected
