@@ -11,7 +11,7 @@ pushes them, into two fresh databases, through
     to ``POST /v1/chat`` (``--concurrency`` bulk / ``--chat-concurrency`` chat requests in flight; the
     API stores concurrent chat messages together, api/coalesce.py). Every 2xx answer means stored, work
     items created and wake-ups on the Redis lanes (the API answers after sending them);
-(b) the file path: the same items as a JSONL file through ``ticketfleet.importing.import_file`` with
+(b) the file path: the same items as a JSONL file through ``ticketfleet.pipeline.importing.import_file`` with
     ``lane="live"`` (chat → chat lane, tickets → tickets lane).
 
 Prints items/s for each (the webhook path split into bulk and single chat messages), their ratio, and

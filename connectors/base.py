@@ -4,7 +4,7 @@ A connector does two things and nothing else:
 
 * ``pull(cursor)`` → one :class:`PullPage` of normalised, validated :class:`InboundTicket` records plus
   the cursor to resume from. It never stores anything and never advances a cursor itself: the poller
-  (``ticketfleet.polling``) stores the page and the new cursor in one transaction, so a crash between
+  (``ticketfleet.pipeline.polling``) stores the page and the new cursor in one transaction, so a crash between
   pages re-reads a page (absorbed idempotently) and never skips one.
 * ``push(write_back)`` → applies one :class:`WriteBack` (tags, fields, an internal note holding the
   draft) to a ticket in the source system. It must be idempotent: pushing the same write-back twice

@@ -11,13 +11,14 @@ from sqlalchemy.orm import Session
 
 from db.audit import AuditTrail, record_draft_status
 from db.models import Draft, DraftStatus, Message, Source, Ticket
+from ticketfleet.core.errors import PermanentError
 
 
-class DraftNotFound(LookupError):
+class DraftNotFound(LookupError, PermanentError):
     """No such draft on a ticket of that source."""
 
 
-class DraftAlreadyDecided(ValueError):
+class DraftAlreadyDecided(ValueError, PermanentError):
     """Only a ``proposed`` draft can be decided."""
 
     def __init__(self, draft_id: int, status: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import redis
 
+from ticketfleet.core.errors import ConfigurationError
 from ticketfleet.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def resolve(settings: Settings, *, embedded: EmbeddedServices | None = None) -> 
         return ServiceUrls(database_url=database_url, redis_url=redis_url)
     if embedded is None:
         missing = [n for n, v in (("DATABASE_URL", database_url), ("REDIS_URL", redis_url)) if not v]
-        raise RuntimeError(
+        raise ConfigurationError(
             "no " + " / ".join(f"TICKETFLEET_{m}" for m in missing) + " configured. Set them to your "
             "PostgreSQL and Redis, or run `ticketfleet demo`, which starts embedded ones."
         )

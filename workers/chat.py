@@ -1,5 +1,5 @@
 """The ``chat`` lane: live chat messages. Latency first; run it on its own worker so nothing queues
-ahead of it. The batch logic lives in ticketfleet.processing."""
+ahead of it. The batch logic lives in ticketfleet.pipeline.processing."""
 
 from workers.base import register_lane
 

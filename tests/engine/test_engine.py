@@ -443,6 +443,7 @@ def test_process_matches_the_reference_paths(tiny_engine: TransformersEngine) ->
         share_prompt=False,
     )
     stops = stop_token_ids(tiny_engine.model, tiny_engine.tokenizer)
+    assert any(item.want_draft for item in items) and not all(item.want_draft for item in items)
     for item, output, scores in zip(items, outputs, reference, strict=True):
         for name in ALLOWED:
             expected = scores[name].calibrated(priors[name]) if name in priors else scores[name]
@@ -461,6 +462,8 @@ def test_process_matches_the_reference_paths(tiny_engine: TransformersEngine) ->
             )
             assert output.draft == tiny_engine.tokenizer.decode(tokens, skip_special_tokens=True).strip()
             assert output.output_tokens == len(tokens)
+        else:
+            assert output.draft is None
 
 
 @pytest.mark.parametrize("budget", [8192, 160])

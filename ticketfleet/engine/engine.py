@@ -1,4 +1,4 @@
-"""``TransformersEngine``: the :class:`~ticketfleet.schemas.Engine` backed by a Hugging Face causal LM."""
+"""``TransformersEngine``: the :class:`~ticketfleet.core.schemas.Engine` of a Hugging Face causal LM."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ticketfleet.core.errors import ConfigurationError
 from ticketfleet.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def _fix_hint(name: str = "<model id>") -> str:
 ModelSource = Literal["hub_cache", "directory", "gguf"]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(RuntimeError, ConfigurationError):
     """The configured model cannot be found or loaded. The message says what was tried and how to fix it."""
 
 

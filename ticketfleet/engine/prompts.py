@@ -90,7 +90,7 @@ class LabelField:
     """A triage field scored by constrained label scoring."""
 
     name: str
-    """Attribute name on :class:`~ticketfleet.schemas.Triage`."""
+    """Attribute name on :class:`~ticketfleet.core.schemas.Triage`."""
     answer_prefix: str
     """Start of the assistant turn; the label follows after a space."""
     labels: tuple[str, ...]

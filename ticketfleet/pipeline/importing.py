@@ -3,7 +3,7 @@
 Each chunk commits on its own, so a 1M-line file shows progress and a crash keeps what was committed;
 re-running the same file adds nothing (idempotent on source + external id). With a lane, new customer
 messages get work items in the same transaction and wake-ups are sent after the commit
-(:func:`ticketfleet.intake.store_and_queue`, shared with the HTTP API).
+(:func:`ticketfleet.pipeline.intake.store_and_queue`, shared with the HTTP API).
 """
 
 from __future__ import annotations
