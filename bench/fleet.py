@@ -86,7 +86,7 @@ def fleet_path(settings: Settings, urls_env: dict[str, str], lines: list[str], w
     try:
         path = workdir / f"items-{time.monotonic_ns()}.jsonl"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        from workers.app import app, configure
+        from ticketfleet.broker import app, configure
 
         configure(app, settings, urls_env["TICKETFLEET_REDIS_URL"])
         source = f"bench-{time.monotonic_ns()}"  # a fresh source: every item is new work

@@ -228,10 +228,9 @@ def file_path(records: list[dict[str, Any]], settings: Settings, workdir: Path) 
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     database_url = settings.database_url_value()
     assert database_url
-    from workers.app import app as celery_app
-    from workers.app import configure
+    from ticketfleet import broker
 
-    configure(celery_app, settings, settings.redis_url_value())
+    broker.configure(broker.app, settings, settings.redis_url_value())
     started, cpu0 = time.perf_counter(), time.process_time()
     report = import_file(path, settings=settings, database_url=database_url, source=SOURCE, lane="live")
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
