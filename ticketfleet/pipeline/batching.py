@@ -26,6 +26,14 @@ def claim_batch(
     items = _claim(
         settings, database_url, lane, hinted_ids, settings.batch_size, settings.batch_max_tokens, worker
     )
+    while not items and time.monotonic() < deadline:
+        # The producer marks items `queued` right after sending their wake-up; a worker that claims in
+        # that window finds the rows locked (SKIP LOCKED) and would leave them to the reaper. Look again
+        # until the batch's wait is up; a duplicate or late wake-up costs at most max_wait_ms.
+        time.sleep(POLL_SECONDS)
+        items = _claim(
+            settings, database_url, lane, hinted_ids, settings.batch_size, settings.batch_max_tokens, worker
+        )
     if not items:
         return []  # everything named is done or taken: a duplicate or late wake-up
     used = sum(i.token_estimate for i in items)
