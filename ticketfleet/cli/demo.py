@@ -31,7 +31,7 @@ from ticketfleet.pipeline.importing import import_file
 from ticketfleet.pipeline.progress import follow_items
 from ticketfleet.services import EmbeddedServices, ServiceUrls, export_env, resolve
 
-SAMPLE = Path(__file__).parent / "data" / "sample_tickets.jsonl"
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_tickets.jsonl"  # ticketfleet/data
 DEMO_SOURCE = "demo"
 # Short drafts keep a CPU-only demo to a few minutes; set TICKETFLEET_MAX_NEW_TOKENS to override.
 DEMO_MAX_NEW_TOKENS = "96"
