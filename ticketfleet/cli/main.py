@@ -19,6 +19,7 @@ from rich.table import Table
 from ticketfleet.broker import MAINTENANCE_QUEUE
 from ticketfleet.cli.audit import audit_app
 from ticketfleet.cli.common import configure_broker, database_url, fail, redis_url
+from ticketfleet.cli.heads import heads_app
 from ticketfleet.cli.pii import pii_app, redact_command
 from ticketfleet.cli.serve import serve
 from ticketfleet.cli.sources import sources_app
@@ -36,6 +37,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(sources_app, name="sources")
 
 app.add_typer(pii_app, name="pii")
+app.add_typer(heads_app, name="heads")
 app.command("redact")(redact_command)
 console = Console(stderr=True)
 

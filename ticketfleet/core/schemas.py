@@ -66,6 +66,8 @@ class Triage(BaseModel):
     sentiment: FieldPrediction
     intent: FieldPrediction
     priority: FieldPrediction
+    extra: dict[str, FieldPrediction] = Field(default_factory=dict)
+    """Fields of trained heads (``settings.heads``) beyond the four above, e.g. a team's ``queue``."""
 
 
 class EngineOutput(BaseModel):

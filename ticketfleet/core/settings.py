@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     intent_taxonomy: Path | None = Field(
         default=None, description="JSON file of allowed intents (default: the bundled support taxonomy)."
     )
+    heads: Path | None = Field(
+        default=None,
+        description="A heads directory from `ticketfleet heads train`: fields with a head use it, the "
+        "others keep prompted label scoring.",
+    )
 
     gates: dict[str, GatePolicy] = Field(
         default_factory=lambda: dict(DEFAULT_GATES),

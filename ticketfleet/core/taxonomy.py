@@ -81,8 +81,24 @@ def load_taxonomy(path: Path | None = None) -> Taxonomy:
 
 def effective_prompt_version(settings: Settings) -> str:
     """The prompt version results are recorded under: the base version, plus the taxonomy's
-    fingerprint when it is not the bundled default."""
+    fingerprint when it is not the bundled default, plus the trained heads' digest when
+    ``settings.heads`` is set, so retraining makes older results stale. The digest is read from the
+    heads' ``manifest.json`` (ticketfleet/engine/heads.py writes it) with plain JSON: the core does not
+    load the engine."""
     taxonomy = load_taxonomy(settings.intent_taxonomy)
-    if taxonomy == load_taxonomy(None):
-        return settings.prompt_version
-    return f"{settings.prompt_version}+intents.{taxonomy.fingerprint()}"
+    version = settings.prompt_version
+    if taxonomy != load_taxonomy(None):
+        version = f"{version}+intents.{taxonomy.fingerprint()}"
+    if settings.heads is not None:
+        manifest = settings.heads / "manifest.json"
+        try:
+            digest = json.loads(manifest.read_text(encoding="utf-8"))["digest"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError(
+                f"heads {manifest}: cannot read the digest ({exc!r}); point TICKETFLEET_HEADS at a "
+                "directory written by `ticketfleet heads train`"
+            ) from exc
+        if not isinstance(digest, str) or not digest:
+            raise ConfigurationError(f"heads {manifest}: the manifest has no digest")
+        version = f"{version}+heads.{digest}"
+    return version

@@ -16,6 +16,8 @@ Modules, one idea each:
 - ``prefix_cache``: prompt prefixes shared by a batch, run once and kept across calls.
 - ``scoring``: constrained label scoring; ``calibration``: label confidences and their calibration.
 - ``drafting``: batched greedy generation of reply drafts.
+- ``heads``: trained heads (per-field classifiers) and their artifact; ``features``: the hidden-state
+  features of a thread they read (``TransformersEngine.thread_features``).
 """
 
 from __future__ import annotations

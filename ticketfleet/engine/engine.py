@@ -1,4 +1,8 @@
-"""``TransformersEngine``: the :class:`~ticketfleet.core.schemas.Engine` of a Hugging Face causal LM."""
+"""``TransformersEngine``: the :class:`~ticketfleet.core.schemas.Engine` of a Hugging Face causal LM.
+
+Over ~400 lines because it is the one place where the engine's parts meet (prompts, trimming, prefix
+cache, scoring, drafting, heads); each part lives in its own module and this one only orders them.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ticketfleet.core.schemas import (
@@ -20,13 +26,16 @@ from ticketfleet.core.schemas import (
 )
 from ticketfleet.core.settings import Settings, get_settings
 from ticketfleet.core.taxonomy import effective_prompt_version, load_taxonomy
-from ticketfleet.core.vocabulary import SUPPORTED_PROMPT_VERSIONS, Role
+from ticketfleet.core.vocabulary import SUPPORTED_PROMPT_VERSIONS, TRIAGE_FIELD_NAMES, Role
 from ticketfleet.engine.calibration import FieldScores, label_priors
 from ticketfleet.engine.drafting import Generated, decode_drafts, fast_decoding, generate_drafts
+from ticketfleet.engine.features import check_recipe, pooled_hidden_states, shared_length
+from ticketfleet.engine.heads import HeadsArtifact, HeadsError
 from ticketfleet.engine.injection import screen
 from ticketfleet.engine.loading import LoadedModel, load_model, resolve_model, select_device
 from ticketfleet.engine.prefix_cache import DecodeStart
 from ticketfleet.engine.prompts import (
+    LabelField,
     defuse,
     draft_system_prompt,
     draft_turn,
@@ -56,6 +65,11 @@ Pass ``calibrated_fields=()`` to turn calibration off.
 """
 CONTENT_FREE_TEXTS: tuple[str, ...] = ("N/A", "", "[MASK]")
 """Stand-ins for the customer message when measuring the label priors (Zhao et al. 2021 use these)."""
+
+STORED_LABEL_LENGTH: dict[str, int] = {"sentiment": 32, "intent": 64, "priority": 16}
+"""Longest value ``triage_results`` stores per field (db/models.py): a head's labels must fit."""
+RESERVED_HEAD_NAMES: frozenset[str] = frozenset({"language", "id", "needs_review"})
+"""Not a head's field: language comes from the detector; the others are keys of a classify record."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,13 @@ class TransformersEngine:
         if unknown:
             raise ValueError(f"cannot calibrate unknown triage fields: {sorted(unknown)}")
         self._priors: dict[str, tuple[float, ...]] | None = None
+        self.heads: HeadsArtifact | None = None
+        if settings.heads is not None:
+            self.heads = self._load_heads(settings.heads)
+        headed = set(self.heads.fields) if self.heads is not None else set()
+        self._prompted: tuple[LabelField, ...] = tuple(f for f in self.fields if f.name not in headed)
+        """The fields scored by their labels: those without a trained head."""
+        self._system_ids: list[int] | None = None
 
     @classmethod
     def from_settings(
@@ -130,11 +151,14 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def classify(self, items: list[EngineInput]) -> list[Triage]:
-        """Triage only: language, sentiment, intent, priority per item, in order."""
+        """Triage only: language, sentiment, intent, priority per item, in order (and the heads' own
+        fields in ``Triage.extra``). With heads for every prompted field no label is scored: one
+        forward pass over each thread."""
         items, _ = self._screen(items)
         prepared = [self._prepare(item) for item in items]
         scores, _ = self._score(prepared)
-        return [self._triage(p, s) for p, s in zip(prepared, scores, strict=True)]
+        headed = self._head_predictions(items, prepared)
+        return [self._triage(p, s, h) for p, s, h in zip(prepared, scores, headed, strict=True)]
 
     @torch.inference_mode()
     def process(self, items: list[EngineInput]) -> list[EngineOutput]:
@@ -151,11 +175,13 @@ class TransformersEngine:
         want = [i for i, item in enumerate(items) if item.want_draft]
         draft_languages = {i: self._draft_language(items[i], prepared[i].language) for i in want}
         reply_turns = {i: self._reply_turn(prepared[i], draft_languages[i]) for i in want}
-        continued = fast_decoding(self.model)
+        # With no field left to score there is no label pass to continue from: drafts prefill themselves.
+        continued = fast_decoding(self.model) and bool(self._prompted)
         scores, starts = self._score(
             prepared,
             continuations=[reply_turns.get(i, []) for i in range(len(items))] if continued else None,
         )
+        headed = self._head_predictions(items, prepared)
         triage_share = (time.perf_counter() - started) / len(items)
 
         draft_prompts = {i: prepared[i].thread_ids + reply_turns[i] for i in want}
@@ -167,7 +193,7 @@ class TransformersEngine:
             outputs.append(
                 EngineOutput(
                     item_id=item.item_id,
-                    triage=self._triage(prepared[i], scores[i]),
+                    triage=self._triage(prepared[i], scores[i], headed[i]),
                     draft=draft.text if draft is not None else None,
                     draft_language=draft_languages.get(i),
                     input_tokens=len(prepared[i].thread_ids)
@@ -193,11 +219,30 @@ class TransformersEngine:
         language = self._draft_language(item, prepared.language)
         return prepared.thread_ids + self._reply_turn(prepared, language)
 
+    # --- trained heads -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def thread_features(self, items: list[EngineInput], *, layer: int, pooling: str = "mean") -> np.ndarray:
+        """One float32 row per item: hidden state ``layer`` (``output_hidden_states`` index: 0 the
+        embeddings, -1 the last layer) pooled (``"mean"`` | ``"last"``) over the tokens of the item's
+        thread as the triage prompt encodes it (screened, defused, trimmed; the system prompt before
+        it is left out). What trained heads read; see features.py for the cost."""
+        items, _ = self._screen(items)
+        return self._thread_features([self._prepare(item) for item in items], layer=layer, pooling=pooling)
+
+    @staticmethod
+    def head_texts(items: list[EngineInput]) -> list[str]:
+        """The texts the heads' lexical features are computed from, per item: the last (screened)
+        customer message. Training must use the same (``HeadsArtifact.predict(hidden, texts)``)."""
+        screened, _ = TransformersEngine._screen(items)
+        return [item.text for item in screened]
+
     # --- also public: full label distributions -------------------------------------------------
 
     @torch.inference_mode()
     def score_fields(self, items: list[EngineInput]) -> list[dict[str, FieldScores]]:
-        """Every allowed label's confidence per field, per item (``classify`` keeps only the best).
+        """Every allowed label's confidence per field, per item (``classify`` keeps only the best);
+        fields with a trained head are not scored, so they are absent here.
 
         Fields in ``calibrated_fields`` carry their prior and calibrated confidences; ``logprobs`` stay raw.
         """
@@ -215,7 +260,7 @@ class TransformersEngine:
         if self._priors is not None:
             return self._priors
         priors: dict[str, tuple[float, ...]] = {}
-        fields = [field for field in self.fields if field.name in self.calibrated_fields]
+        fields = [field for field in self._prompted if field.name in self.calibrated_fields]
         if fields:
             # Both channels: their prompts differ by one word, and a prior per engine keeps it simple.
             prompts = [
@@ -296,17 +341,86 @@ class TransformersEngine:
     def _reply_turn(self, prepared: _Prepared, language: str) -> list[int]:
         return self._turn_ids(prepared.messages, prepared.rendered, draft_turn(language_name(language)))
 
+    def _load_heads(self, directory: Path) -> HeadsArtifact:
+        """The heads of ``settings.heads``, checked against this engine's model and fields."""
+        heads = HeadsArtifact.load(directory)
+        heads.check_model(self.model_id, self.model_revision)
+        if f"+heads.{heads.digest}" not in self.prompt_version:
+            raise HeadsError(f"heads {directory}: the files changed while the engine loaded them")
+        for name, head in heads.heads.items():
+            if name in RESERVED_HEAD_NAMES or name.endswith(("_confidence", "_gate")):
+                raise HeadsError(
+                    f"heads {directory}: a head may not be named {name!r} (language comes from the "
+                    "detector; names must not clash with the keys of a classify record)"
+                )
+            width = STORED_LABEL_LENGTH.get(name)
+            long = [label for label in head.labels if width is not None and len(label) > width]
+            if long:
+                raise HeadsError(
+                    f"heads {directory}: {name} labels longer than the {width} characters a result "
+                    f"stores: {long[:3]}"
+                )
+        recipe = heads.manifest.features.hidden
+        if recipe is not None:
+            try:
+                check_recipe(self.model, recipe.layer, recipe.pooling)
+            except ValueError as exc:
+                raise HeadsError(f"heads {directory}: {exc}") from exc
+        log.info("loaded heads %s (%s) for %s", directory, heads.digest, ", ".join(heads.fields))
+        return heads
+
+    def _thread_features(self, prepared: list[_Prepared], *, layer: int, pooling: str) -> np.ndarray:
+        if self._system_ids is None:
+            system = self.tokenizer.apply_chat_template(self._system_messages(), tokenize=False)
+            self._system_ids = self._encode(system)
+        return pooled_hidden_states(
+            self.model,
+            [p.thread_ids for p in prepared],
+            [shared_length(p.thread_ids, self._system_ids) for p in prepared],
+            layer=layer,
+            pooling=pooling,
+            max_batch_tokens=self.settings.batch_max_tokens,
+            pad_id=int(self.tokenizer.pad_token_id),
+        )
+
+    def _system_messages(self) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self._system}]
+
+    def _head_predictions(
+        self, items: list[EngineInput], prepared: list[_Prepared]
+    ) -> list[dict[str, FieldPrediction]]:
+        """Per item, every head's prediction: the most probable label and its calibrated probability."""
+        if self.heads is None or not items:
+            return [{} for _ in items]
+        recipe = self.heads.manifest.features.hidden
+        hidden = (
+            self._thread_features(prepared, layer=recipe.layer, pooling=recipe.pooling)
+            if recipe is not None
+            else None
+        )
+        probabilities = self.heads.predict(hidden, [item.text for item in items])
+        out: list[dict[str, FieldPrediction]] = [{} for _ in items]
+        for name, probs in probabilities.items():
+            labels = self.heads.heads[name].labels
+            best = probs.argmax(axis=1)
+            for i, index in enumerate(best.tolist()):
+                confidence = min(1.0, max(0.0, float(probs[i, index])))
+                out[i][name] = FieldPrediction(value=labels[index], confidence=confidence)
+        return out
+
     def _score(
         self, prepared: list[_Prepared], continuations: list[list[int]] | None = None
     ) -> tuple[list[dict[str, FieldScores]], list[DecodeStart]]:
         if not prepared:
             return [], []
+        if not self._prompted:  # every field has a head
+            return [{} for _ in prepared], []
         priors = self.label_priors()
         scores, starts = score_fields_and_continue(
             self.model,
             self.tokenizer,
             [p.thread_ids for p in prepared],
-            self.fields,
+            self._prompted,
             max_batch_tokens=self.settings.batch_max_tokens,
             turns=[p.triage_ids for p in prepared],
             continuations=continuations,
@@ -347,12 +461,20 @@ class TransformersEngine:
         return dict(zip(order, generated, strict=True))
 
     @staticmethod
-    def _triage(prepared: _Prepared, scores: dict[str, FieldScores]) -> Triage:
+    def _triage(
+        prepared: _Prepared, scores: dict[str, FieldScores], headed: dict[str, FieldPrediction]
+    ) -> Triage:
+        """A head's prediction where the field has one, else the best scored label."""
+
+        def pick(name: str) -> FieldPrediction:
+            return headed[name] if name in headed else scores[name].prediction()
+
         return Triage(
             language=prepared.language,
-            sentiment=scores["sentiment"].prediction(),
-            intent=scores["intent"].prediction(),
-            priority=scores["priority"].prediction(),
+            sentiment=pick("sentiment"),
+            intent=pick("intent"),
+            priority=pick("priority"),
+            extra={name: p for name, p in headed.items() if name not in TRIAGE_FIELD_NAMES},
         )
 
     @staticmethod

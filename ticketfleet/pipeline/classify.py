@@ -1,7 +1,8 @@
 """`ticketfleet classify`: JSONL in, JSONL triage out, through the same engine, no queue.
 
 Input lines are ``{"id": any, "text": str, "locale"?: str}``. Output lines keep the input order and
-carry every field with its confidence. A bad line is reported (stderr) and skipped; it never stops the
+carry every field with its confidence (with trained heads, their own fields too: ``<field>`` and
+``<field>_confidence``, no gate). A bad line is reported (stderr) and skipped; it never stops the
 lines around it.
 """
 
@@ -37,6 +38,10 @@ def triage_record(request_id: Any, triage: Triage, policies: dict[str, GatePolic
         record[field] = prediction.value
         record[f"{field}_confidence"] = round(prediction.confidence, 4)
         record[f"{field}_gate"] = gates[field]["gate"]
+    # Fields of trained heads beyond the built-in ones (a team's own, e.g. "queue"): no gate applies.
+    for field, prediction in triage.extra.items():
+        record[field] = prediction.value
+        record[f"{field}_confidence"] = round(prediction.confidence, 4)
     record["needs_review"] = needs_review(gates)
     return record
 
