@@ -108,7 +108,7 @@ def parse_csv(
     errors: list[ParsedLine] = []
     for row in reader:
         number = reader.line_num + first_line - 1
-        if any(isinstance(v, str) and _has_surrogates(v) for v in row.values()):
+        if any(isinstance(v, str) and has_surrogates(v) for v in row.values()):
             errors.append(
                 ParsedLine(number, error=LineError(number, "invalid UTF-8 in row", row.get("external_id")))
             )
@@ -141,7 +141,8 @@ def parse_csv(
         yield _validate(record, number, max_body_chars)
 
 
-def _has_surrogates(value: str) -> bool:
+def has_surrogates(value: str) -> bool:
+    """True if ``value`` holds bytes that were not UTF-8 (decoded with ``errors="surrogateescape"``)."""
     return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 

@@ -23,6 +23,19 @@ PROMPT_VERSION = "v2"
 SUPPORTED_PROMPT_VERSIONS: tuple[str, ...] = (PROMPT_VERSION,)
 
 
+# Trained heads (ticketfleet/engine/heads.py): what a head's field and labels must respect.
+STORED_LABEL_LENGTH: dict[str, int] = {"sentiment": 32, "intent": 64, "priority": 16}
+"""Longest value ``triage_results`` stores per built-in field (db/models.py): a head's labels must fit."""
+RESERVED_HEAD_NAMES: frozenset[str] = frozenset({"language", "id", "needs_review"})
+"""Not a head's field: language comes from the detector; the others are keys of a classify record."""
+RESERVED_HEAD_SUFFIXES: tuple[str, ...] = ("_confidence", "_gate")
+
+
+def reserved_head_name(name: str) -> bool:
+    """True if ``name`` may not be a head's field (it would clash with a classify record's keys)."""
+    return name in RESERVED_HEAD_NAMES or name.endswith(RESERVED_HEAD_SUFFIXES)
+
+
 class Channel(enum.StrEnum):
     """Where a message came from: a live chat (latency first) or a ticket."""
 

@@ -26,7 +26,13 @@ from ticketfleet.core.schemas import (
 )
 from ticketfleet.core.settings import Settings, get_settings
 from ticketfleet.core.taxonomy import effective_prompt_version, load_taxonomy
-from ticketfleet.core.vocabulary import SUPPORTED_PROMPT_VERSIONS, TRIAGE_FIELD_NAMES, Role
+from ticketfleet.core.vocabulary import (
+    STORED_LABEL_LENGTH,
+    SUPPORTED_PROMPT_VERSIONS,
+    TRIAGE_FIELD_NAMES,
+    Role,
+    reserved_head_name,
+)
 from ticketfleet.engine.calibration import FieldScores, label_priors
 from ticketfleet.engine.drafting import Generated, decode_drafts, fast_decoding, generate_drafts
 from ticketfleet.engine.features import check_recipe, pooled_hidden_states, shared_length
@@ -65,11 +71,6 @@ Pass ``calibrated_fields=()`` to turn calibration off.
 """
 CONTENT_FREE_TEXTS: tuple[str, ...] = ("N/A", "", "[MASK]")
 """Stand-ins for the customer message when measuring the label priors (Zhao et al. 2021 use these)."""
-
-STORED_LABEL_LENGTH: dict[str, int] = {"sentiment": 32, "intent": 64, "priority": 16}
-"""Longest value ``triage_results`` stores per field (db/models.py): a head's labels must fit."""
-RESERVED_HEAD_NAMES: frozenset[str] = frozenset({"language", "id", "needs_review"})
-"""Not a head's field: language comes from the detector; the others are keys of a classify record."""
 
 
 @dataclass(frozen=True)
@@ -348,7 +349,7 @@ class TransformersEngine:
         if f"+heads.{heads.digest}" not in self.prompt_version:
             raise HeadsError(f"heads {directory}: the files changed while the engine loaded them")
         for name, head in heads.heads.items():
-            if name in RESERVED_HEAD_NAMES or name.endswith(("_confidence", "_gate")):
+            if reserved_head_name(name):
                 raise HeadsError(
                     f"heads {directory}: a head may not be named {name!r} (language comes from the "
                     "detector; names must not clash with the keys of a classify record)"

@@ -45,9 +45,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from scipy import sparse
 
+from connectors.import_format import has_surrogates
 from ticketfleet.core.errors import ConfigurationError, LineError, describe_validation_error
 from ticketfleet.core.schemas import EngineInput, ThreadMessage
-from ticketfleet.core.vocabulary import Role
+from ticketfleet.core.vocabulary import STORED_LABEL_LENGTH, Role, reserved_head_name
 from ticketfleet.engine.heads import (
     FeatureRecipe,
     FieldHead,
@@ -79,11 +80,6 @@ labels shrinks the lexical hashing space (a power of two) until its largest head
 
 MAX_ITER = 300
 FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-RESERVED_FIELDS = frozenset({"language", "id", "needs_review"})
-"""Not a head's field (the engine refuses them): language comes from the detector, the others are keys
-of a classify record."""
-STORED_LABEL_LENGTH = {"sentiment": 32, "intent": 64, "priority": 16}
-"""Longest label ``triage_results`` stores per built-in field (db/models.py); longer labels are refused."""
 MAX_LABEL_LENGTH = 200
 
 Progress = Callable[[str, int, int], None]
@@ -228,7 +224,7 @@ def parse_csv(data: bytes) -> LabelledData:
         if len(row) != len(header):
             errors.append(LineError(start, f"{len(row)} cells, the header has {len(header)}"))
             continue
-        if any(_has_surrogates(cell) for cell in row):
+        if any(has_surrogates(cell) for cell in row):
             errors.append(LineError(start, "invalid UTF-8"))
             continue
         cells = dict(zip(header, row, strict=True))
@@ -247,14 +243,6 @@ def parse_csv(data: bytes) -> LabelledData:
         if example is not None:
             examples.append(example)
     return LabelledData(examples, errors)
-
-
-def _has_surrogates(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def load_labelled(path: Path) -> LabelledData:
@@ -490,7 +478,7 @@ def fit_logistic(
 
 def _check_field(name: str, labels: list[str]) -> str | None:
     """Why ``name`` cannot be a head, or None."""
-    if name in RESERVED_FIELDS or name.endswith(("_confidence", "_gate")):
+    if reserved_head_name(name):
         return (
             f"{name!r} cannot be a head (language comes from the detector; names must not clash with "
             "the keys of a classify record)"
